@@ -1,0 +1,101 @@
+"""Built-in tiny models and synthetic preference data: the quickstart needs no network and no files.
+
+Models are tiny configs of real transformers architectures with a fixed initialisation seed, so
+every cell of a matrix shares exactly the same base weights. The tokenizer is ByT5's byte-level
+tokenizer, which needs no vocabulary files.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+
+import torch
+
+BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
+_BASE_SEED = 1234  # the base weights never depend on a cell's seed
+
+
+def builtin_tokenizer():
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer()
+
+
+def builtin_model(name: str, dtype: torch.dtype = torch.float32):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=384,  # ByT5: 3 specials + 256 bytes + 125 extra ids
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    if name == "tiny-llama":
+        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    elif name == "tiny-qwen2":
+        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    else:
+        raise ValueError(f"unknown builtin model {name!r}; choose one of {BUILTIN_MODELS}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(_BASE_SEED)
+    try:
+        model = cls(config)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic task "letters": a prompt asks for a word; the preferred answer draws most of its letters
+# from a-m, the dispreferred one from n-z. `signal` is the share of letters from the favoured half
+# (0.5 = no signal). `length_skew` s makes chosen answers (1+s)/(1-s) times as long as rejected ones
+# on average: a model that learns "longer is better" on skewed training data fails on held-out data
+# skewed the other way, which is how DPO's summed log-probs and SimPO's averages come apart.
+
+_GOOD, _BAD = string.ascii_lowercase[:13], string.ascii_lowercase[13:]
+_TOPICS = ["cats", "rain", "maps", "tea", "bridges", "owls", "salt", "trains", "ink", "moss", "kites", "dust"]
+
+
+def _answer(rng: random.Random, n: int, favoured: str, other: str, signal: float) -> str:
+    letters = [rng.choice(favoured) if rng.random() < signal else rng.choice(other) for _ in range(n)]
+    # Words of 3-6 letters separated by spaces read a little like text and give the model positions.
+    out, i = [], 0
+    while i < len(letters):
+        w = rng.randint(3, 6)
+        out.append("".join(letters[i : i + w]))
+        i += w
+    return " ".join(out)
+
+
+def letters_task(n: int, length_skew: float = 0.0, signal: float = 0.8, seed: int = 0, split: str = "train"):
+    # The split name is part of the stream so train and held-out never share pairs for the same seed.
+    rng = random.Random(f"letters/{split}/{seed}")
+    rows, seen = [], set()
+    while len(rows) < n:
+        base = rng.randint(6, 14)
+        n_chosen = max(3, round(base * (1 + length_skew)))
+        n_rejected = max(3, round(base * (1 - length_skew)))
+        prompt = f"Write about {rng.choice(_TOPICS)} #{rng.randint(0, 9999)}:\n"
+        chosen = _answer(rng, n_chosen, _GOOD, _BAD, signal)
+        rejected = _answer(rng, n_rejected, _BAD, _GOOD, signal)
+        key = (prompt, chosen, rejected)
+        if chosen == rejected or key in seen:
+            continue
+        seen.add(key)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def builtin_rows(spec, split: str) -> list[dict]:
+    """Rows for a `BuiltinData` spec."""
+    if spec.builtin == "letters":
+        return letters_task(spec.n, spec.length_skew, spec.signal, spec.seed, split)
+    raise ValueError(f"unknown builtin data {spec.builtin!r}")

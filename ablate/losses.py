@@ -1,0 +1,93 @@
+"""Objectives as small pure functions over per-sequence log-prob tensors.
+
+Each takes `LogProbs` for chosen and rejected (summed and averaged over completion tokens, plus the
+reference's sums when the objective uses one) and returns (per-pair loss, chosen reward, rejected
+reward). The training loop never branches on the objective except through this table.
+Rewards are not comparable across objectives: DPO's are summed and reference-relative, SimPO's and
+ORPO's are per-token averages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LogProbs:
+    """Per-sequence statistics of one side (chosen or rejected) of a batch of pairs, shape [B]."""
+
+    sum: torch.Tensor
+    avg: torch.Tensor
+    ref_sum: torch.Tensor | None = None  # same sequences, adapter disabled (DPO only)
+    nll: torch.Tensor | None = None  # per-token-averaged NLL (= -avg), kept for ORPO's SFT term
+
+
+LossOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def dpo_loss(c: LogProbs, r: LogProbs, beta: float) -> LossOut:
+    """Rafailov et al. 2023: -log σ(β·((Σπ_w - Σπref_w) - (Σπ_l - Σπref_l)))."""
+    chosen = beta * (c.sum - c.ref_sum)
+    rejected = beta * (r.sum - r.ref_sum)
+    return -F.logsigmoid(chosen - rejected), chosen.detach(), rejected.detach()
+
+
+def simpo_loss(c: LogProbs, r: LogProbs, beta: float, gamma: float) -> LossOut:
+    """Meng et al. 2024: -log σ(β·(p̄_w - p̄_l) - γ), γ in reward units (TRL's simpo_gamma)."""
+    chosen, rejected = beta * c.avg, beta * r.avg
+    return -F.logsigmoid(chosen - rejected - gamma), chosen.detach(), rejected.detach()
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x < 0, stable on both sides of -ln 2 (Mächler 2012)."""
+    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(c: LogProbs, r: LogProbs, lam: float) -> LossOut:
+    """Hong et al. 2024: NLL(y_w) - λ·log σ(log odds(y_w) - log odds(y_l)), odds from average log-probs."""
+    cw, cl = c.avg.float(), r.avg.float()
+    log_odds = (cw - log1mexp(cw)) - (cl - log1mexp(cl))
+    loss = -cw - lam * F.logsigmoid(log_odds)
+    return loss, (lam * cw).detach(), (lam * cl).detach()
+
+
+@dataclass(frozen=True)
+class Objective:
+    fn: Callable[..., LossOut]
+    needs_reference: bool
+    knobs: tuple[str, ...]
+
+    def __call__(self, c: LogProbs, r: LogProbs, params: dict) -> LossOut:
+        return self.fn(c, r, *(params[k] for k in self.knobs))
+
+
+OBJECTIVES = {
+    "dpo": Objective(dpo_loss, needs_reference=True, knobs=("beta",)),
+    "simpo": Objective(simpo_loss, needs_reference=False, knobs=("beta", "gamma")),
+    "orpo": Objective(orpo_loss, needs_reference=False, knobs=("lambda",)),
+}
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 8):
+    """Summed and averaged log-probs of completion tokens, with the one-token label shift.
+
+    Logits at position t predict token t+1, so a token counts when loss_mask is 1 at its own position.
+    Rows are processed in chunks so the fp32 log-softmax never holds the whole [N, T, V] at once.
+    Returns (sum [N], avg [N], n_tokens [N]).
+    """
+    labels = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(torch.float32)
+    out = []
+    for s in range(0, logits.shape[0], chunk):
+        lg = logits[s : s + chunk, :-1].float()
+        lp = torch.gather(lg.log_softmax(-1), 2, labels[s : s + chunk].unsqueeze(-1)).squeeze(-1)
+        out.append(lp)
+    per_token = torch.cat(out) * mask
+    n = mask.sum(-1)
+    total = per_token.sum(-1)
+    return total, total / n.clamp(min=1), n

@@ -1,0 +1,236 @@
+"""run_cell: the one recipe. Load model and data → LoRA → train (only the loss differs) → held-out eval
+→ write the cell directory atomically, DONE last.
+
+Runs inside a Ray task on a worker, or directly in-process (tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from . import storage
+from .data import Pair, collate, encode
+from .losses import OBJECTIVES, LogProbs, token_logprobs
+from .models import load_model, load_tokenizer
+from .spec import ModelSpec
+
+
+def _forward(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    return token_logprobs(logits, batch.input_ids, batch.loss_mask)
+
+
+@torch.no_grad()
+def _all_logps(model, pairs: list[Pair], batch_size: int, pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Summed/averaged log-probs and lengths of every pair (eval mode); with the adapter disabled this is
+    the reference, computed once per cell instead of once per step."""
+    cols = {k: [] for k in ("c_sum", "r_sum", "c_avg", "r_avg", "c_len", "r_len")}
+    for s in range(0, len(pairs), batch_size):
+        b = collate(pairs, list(range(s, min(s + batch_size, len(pairs)))), pad_id).to(device)
+        total, avg, n = _forward(model, b)
+        B = len(b.index)
+        for key, t in (("sum", total), ("avg", avg), ("len", n)):
+            cols[f"c_{key}"].append(t[:B].cpu())
+            cols[f"r_{key}"].append(t[B:].cpu())
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def _sides(total, avg, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
+    c = LogProbs(total[:B], avg[:B], None if ref is None else ref["c_sum"][idx].to(total.device))
+    r = LogProbs(total[B:], avg[B:], None if ref is None else ref["r_sum"][idx].to(total.device))
+    return c, r
+
+
+def _metrics(prefix: str, loss, cr, rr, c: LogProbs, r: LogProbs, objective: str) -> dict[str, float]:
+    # TRL logs the log-prob the objective uses: summed for DPO, per-token mean for SimPO/ORPO.
+    use = (lambda x: x.sum) if objective == "dpo" else (lambda x: x.avg)
+    return {
+        f"{prefix}loss": loss.mean().item(),
+        f"{prefix}rewards/chosen": cr.mean().item(),
+        f"{prefix}rewards/rejected": rr.mean().item(),
+        f"{prefix}rewards/margins": (cr - rr).mean().item(),
+        f"{prefix}rewards/accuracies": (cr > rr).float().mean().item(),
+        f"{prefix}logps/chosen": use(c).detach().mean().item(),
+        f"{prefix}logps/rejected": use(r).detach().mean().item(),
+    }
+
+
+def evaluate(model, pairs, objective: str, params: dict, ref, batch_size: int, pad_id: int, device):
+    """Held-out metrics (eval_ prefix) and one row per pair, scored under the cell's own reward."""
+    was_training = model.training
+    model.eval()
+    lp = _all_logps(model, pairs, batch_size, pad_id, device)
+    model.train(was_training)
+    idx = torch.arange(len(pairs))
+    c, r = _sides(torch.cat([lp["c_sum"], lp["r_sum"]]), torch.cat([lp["c_avg"], lp["r_avg"]]), len(pairs), ref, idx)
+    loss, cr, rr = OBJECTIVES[objective](c, r, params)
+    m = _metrics("eval_", loss, cr, rr, c, r, objective)
+    m["eval_accuracy"] = m["eval_rewards/accuracies"]
+    rows = pd.DataFrame({
+        "pair": idx.numpy(),
+        "chosen_logp_sum": lp["c_sum"].numpy(), "rejected_logp_sum": lp["r_sum"].numpy(),
+        "chosen_logp_avg": lp["c_avg"].numpy(), "rejected_logp_avg": lp["r_avg"].numpy(),
+        "chosen_len": lp["c_len"].numpy().astype("int64"), "rejected_len": lp["r_len"].numpy().astype("int64"),
+        "chosen_reward": cr.numpy(), "rejected_reward": rr.numpy(),
+        "margin": (cr - rr).numpy(), "correct": (cr > rr).numpy(),
+    })
+    if ref is not None:
+        rows["chosen_ref_logp_sum"] = ref["c_sum"].numpy()
+        rows["rejected_ref_logp_sum"] = ref["r_sum"].numpy()
+    return m, rows
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict], staging: Path
+               ) -> dict[str, Any]:
+    """Train and evaluate one cell, writing its logs, pairs and adapter into `staging`. Returns its summary."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
+
+    p, t = config["params"], config["train"]
+    objective = OBJECTIVES[p["objective"]]
+    seed = int(p["seed"])
+    random.seed(seed)
+    torch.manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    mspec = ModelSpec(**model_spec)
+    tok = load_tokenizer(mspec)
+    pad = tok.pad_token_id
+    d = config["data"]
+    train_pairs = encode(train_rows, tok, d["max_length"], d["prompt_budget"], "data.train")
+    held_pairs = encode(heldout_rows, tok, d["max_length"], d["prompt_budget"], "data.heldout")
+
+    model = load_model(mspec, device)
+    lora = t["lora"]
+    model = get_peft_model(model, LoraConfig(
+        r=p["lora_rank"], lora_alpha=lora["alpha_over_rank"] * p["lora_rank"], lora_dropout=lora["dropout"],
+        target_modules=lora["targets"], task_type="CAUSAL_LM",
+    ))
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+
+    ref_train = ref_held = None
+    if objective.needs_reference:
+        model.eval()
+        with model.disable_adapter():
+            ref_train = _all_logps(model, train_pairs, t["eval_batch_size"], pad, device)
+            ref_held = _all_logps(model, held_pairs, t["eval_batch_size"], pad, device)
+
+    bs, accum = t["batch_size"], t["grad_accum"]
+    micro = bs // accum
+    steps_per_epoch = math.ceil(len(train_pairs) / bs)
+    total_steps = t["max_steps"] or steps_per_epoch * t["epochs"]
+    params = [x for x in model.parameters() if x.requires_grad]
+    opt = torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    sched = get_scheduler(t["scheduler"], opt, num_warmup_steps=int(t["warmup_ratio"] * total_steps),
+                          num_training_steps=total_steps)
+    gen = torch.Generator().manual_seed(seed)
+    eval_every = t["eval_steps"] or max(1, total_steps // 4)
+
+    train_log, eval_log = [], []
+    tokens, step, t0 = 0, 0, time.perf_counter()
+    model.train()
+    while step < total_steps:
+        order = torch.randperm(len(train_pairs), generator=gen).tolist()
+        for s in range(0, len(order), bs):
+            if step >= total_steps:
+                break
+            idx = order[s : s + bs]
+            opt.zero_grad(set_to_none=True)
+            stats = []
+            for m in range(0, len(idx), micro):
+                b = collate(train_pairs, idx[m : m + micro], pad).to(device)
+                total, avg, _ = _forward(model, b)
+                c, r = _sides(total, avg, len(b.index), ref_train, torch.tensor(b.index))
+                loss, cr, rr = objective(c, r, p)
+                (loss.sum() / len(idx)).backward()
+                tokens += int(b.attention_mask.sum())
+                stats.append((loss.detach(), cr, rr, c, r))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+            opt.step()
+            sched.step()
+            step += 1
+            if step % t["logging_steps"] == 0 or step == 1 or step == total_steps:
+                cat = lambda f: torch.cat([f(x) for x in stats])  # noqa: E731
+                c = LogProbs(cat(lambda x: x[3].sum), cat(lambda x: x[3].avg))
+                r = LogProbs(cat(lambda x: x[4].sum), cat(lambda x: x[4].avg))
+                row = _metrics("", cat(lambda x: x[0]), cat(lambda x: x[1]), cat(lambda x: x[2]), c, r, p["objective"])
+                row.update(step=step, epoch=step / steps_per_epoch, learning_rate=sched.get_last_lr()[0],
+                           grad_norm=float(grad_norm))
+                train_log.append(row)
+            if step % eval_every == 0 and step != total_steps:
+                m_eval, _ = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
+                eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
+    train_seconds = time.perf_counter() - t0
+
+    m_eval, pair_rows = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
+    eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
+
+    (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_log))
+    (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_log))
+    pair_rows["chosen_truncated"] = [pp.truncated for pp in held_pairs]
+    pair_rows.to_parquet(staging / "pairs.parquet", index=False)
+    model.save_pretrained(staging / "adapter")
+
+    return {
+        "heldout_accuracy": m_eval["eval_accuracy"],
+        "heldout_margin": m_eval["eval_rewards/margins"],
+        "heldout_loss": m_eval["eval_loss"],
+        "train_margin_first": train_log[0]["rewards/margins"],
+        "train_margin_last": train_log[-1]["rewards/margins"],
+        "train_loss_last": train_log[-1]["loss"],
+        "heldout_pairs": len(held_pairs),
+        "train_pairs": len(train_pairs),
+        "truncated_train_pairs": sum(pp.truncated for pp in train_pairs),
+        "truncated_heldout_pairs": sum(pp.truncated for pp in held_pairs),
+        "steps": step,
+        "train_seconds": train_seconds,
+        "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
+        "peak_memory_mb": _peak_memory_mb(device),
+        "trainable_params": trainable,
+        "device": str(device),
+    }
+
+
+def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict],
+             results: str) -> dict:
+    """Train one cell and publish it; on an exception, publish the failure with its traceback.
+
+    Returns the cell.json content. Exceptions from user data or code are recorded, not re-raised, so
+    Ray's retries are spent only on lost workers and nodes.
+    """
+    results_path = Path(results)
+    cell_json = {"id": cell_id, "params": config["params"], "config": config, "model_spec": model_spec,
+                 "status": "running",
+                 "torch_version": torch.__version__}
+    staging = storage.new_cell_staging(results_path, cell_id)
+    try:
+        summary = train_cell(config, model_spec, train_rows, heldout_rows, staging)
+    except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        cell_json.update(status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else "")
+        storage.publish_failure(results_path, cell_id, cell_json, traceback.format_exc())
+        return cell_json
+    cell_json.update(status="done", **summary)
+    (staging / "cell.json").write_text(storage.dump_json(cell_json))
+    storage.publish_cell(results_path, cell_id, staging)
+    return cell_json
