@@ -33,7 +33,7 @@ class Cell:
 def cell_label(p: dict[str, Any]) -> str:
     parts = [str(p["objective"]), f"r{p['lora_rank']}"]
     for k, sym in (("beta", "β"), ("gamma", "γ"), ("lambda", "λ")):
-        if p.get(k) is not None:
+        if p.get(k) is not None and p[k] == p[k]:  # skip None and NaN (absent knobs read back from Parquet)
             parts.append(f"{sym}{p[k]:g}")
     parts.append(f"s{p['seed']}")
     return " ".join(parts)

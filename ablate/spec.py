@@ -170,7 +170,7 @@ class DecisionSpec(Strict):
     metric: Literal["heldout_accuracy"] = "heldout_accuracy"
     rule: Literal["paired_exact", "paired_bootstrap", "seed_rule"] = "paired_exact"
     alpha: float = Field(0.05, gt=0, lt=0.5)
-    tolerance_pairs: int = Field(0, ge=0)
+    tolerance_pairs: int | None = Field(None, ge=0)
 
 
 class ResourceSpec(Strict):

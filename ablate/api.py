@@ -1,0 +1,28 @@
+"""The Python API for notebooks and scripts: the same steps the CLI runs.
+
+    import ablate
+    cells, pairs = ablate.run("matrices/quickstart.yaml")
+    d = ablate.decide(cells, pairs, rule="paired_bootstrap")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .collect import collect
+from .plan import make_plan
+from .runner import run_plan
+
+
+def run(matrix, results: str | Path | None = None, address: str | None = None,
+        num_cpus: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validate `matrix` (a path or a MatrixSpec), train every unfinished cell on Ray, write
+    cells.parquet / pairs.parquet / report.md, and return (cells, pairs) as DataFrames."""
+    from .report import build_report
+
+    plan = make_plan(matrix, results)
+    run_plan(plan, address=address, num_cpus=num_cpus)
+    build_report(plan.results)
+    return collect(plan.results, write=False)

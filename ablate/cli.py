@@ -1,0 +1,187 @@
+"""`ablate` command line: run, resume, validate, status, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .spec import MatrixError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Run preference-tuning ablations (DPO / SimPO / ORPO × LoRA rank × β × γ × seed) on Ray, "
+         "evaluate every cell on held-out pairs, and decide honestly which one wins.",
+)
+console = Console()
+err = Console(stderr=True)
+
+MATRIX = typer.Argument(..., help="Matrix YAML file, e.g. matrices/quickstart.yaml.", show_default=False)
+RESULTS = typer.Option(None, "--results", "-r", help="Results root (default: the matrix's `storage`, 'results').")
+ADDRESS = typer.Option(None, "--address", "-a",
+                       help="Existing Ray cluster: 'auto' or 'ray://HOST:10001'. Default: start Ray locally.")
+
+
+def _fail(e: MatrixError) -> None:
+    err.print(f"[bold red]{len(e.problems)} problem(s); nothing was run:[/bold red]")
+    for p in e.problems:
+        err.print(f"  ✗ {p}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _run(matrix: Path, results: Optional[Path], address: Optional[str], verb: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .plan import make_plan
+    from .report import build_report, print_report
+    from .runner import run_plan, shutdown
+
+    t0 = time.perf_counter()
+    try:
+        plan = make_plan(matrix, results)
+    except MatrixError as e:
+        _fail(e)
+    status = plan.status()
+    n_done = sum(s == "done" for s in status.values())
+    console.print(f"[bold]{plan.spec.name}[/bold]: {len(plan.cells)} cells, {n_done} already done "
+                  f"→ results in {plan.results}")
+    failed = []
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = None
+
+    def on_start(n):
+        nonlocal task
+        if n:
+            console.print(f"{verb}: training {n} cell(s) on Ray ({address or 'local'})…")
+            progress.start()
+            task = progress.add_task("cells", total=n)
+
+    def on_done(out):
+        acc = out.get("heldout_accuracy")
+        if out["status"] == "done":
+            progress.console.print(f"  [green]✓[/green] {out['label']:<28} held-out acc {acc:.3f}  "
+                                   f"({out['train_seconds']:.1f}s training)")
+        else:
+            failed.append(out)
+            progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
+        progress.advance(task)
+
+    try:
+        run_plan(plan, address=address, on_start=on_start, on_done=on_done)
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print("[yellow]Interrupted: finished cells are kept. Run `ablate resume "
+                  f"{matrix}` to train the rest.[/yellow]")
+        shutdown()
+        raise typer.Exit(130)
+    finally:
+        progress.stop()
+    shutdown()
+    rep = build_report(plan.results)
+    console.print()
+    print_report(rep, console)
+    console.print(f"\nTables: {plan.results / 'cells.parquet'}, {plan.results / 'pairs.parquet'}; "
+                  f"report: {plan.results / 'report.md'}  ({time.perf_counter() - t0:.0f}s)")
+    if failed:
+        err.print(f"[red]{len(failed)} cell(s) failed:[/red] " + ", ".join(f["label"] for f in failed)
+                  + f". Tracebacks: {plan.results / 'cells'}/<id>/error.txt; `ablate resume {matrix}` retries them.")
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(matrix: Path = MATRIX, results: Optional[Path] = RESULTS, address: Optional[str] = ADDRESS) -> None:
+    """Validate MATRIX, train every cell not already done, then print the decision report."""
+    _run(matrix, results, address, "run")
+
+
+@app.command()
+def resume(matrix: Path = MATRIX, results: Optional[Path] = RESULTS, address: Optional[str] = ADDRESS) -> None:
+    """Train only the cells of MATRIX that are failed or unfinished; finished cells are untouched."""
+    _run(matrix, results, address, "resume")
+
+
+@app.command()
+def validate(matrix: Path = MATRIX, results: Optional[Path] = RESULTS) -> None:
+    """Check MATRIX and its data files and list every problem at once. Starts no Ray and loads no model."""
+    from .plan import make_plan
+
+    try:
+        plan = make_plan(matrix, results)
+    except MatrixError as e:
+        _fail(e)
+    status = plan.status()
+    console.print(f"[green]OK[/green] {matrix}: {len(plan.cells)} cells "
+                  f"({sum(s == 'done' for s in status.values())} already done), "
+                  f"{len(plan.train_rows)} training pairs, {len(plan.heldout_rows)} held-out pairs.")
+    for c in plan.cells:
+        console.print(f"  {c.id}  {c.label:<28} {status[c.id]}{'  (baseline)' if c.id in plan.baseline_ids else ''}",
+                      highlight=False)
+
+
+def _results_dir(target: Path, results: Optional[Path]) -> Path:
+    """Accept a results directory or a matrix file (whose results directory is then used)."""
+    if target.is_file():
+        from .spec import load_matrix
+
+        spec = load_matrix(target)
+        return Path(results or spec.storage) / spec.name
+    return target
+
+
+@app.command()
+def status(target: Path = typer.Argument(..., help="A results directory (results/<name>) or a matrix file."),
+           results: Optional[Path] = RESULTS) -> None:
+    """Show each cell's state (pending / failed / done) and headline numbers."""
+    from rich.table import Table
+
+    from .collect import collect
+
+    try:
+        cells, _ = collect(_results_dir(target, results), write=False)
+    except MatrixError as e:
+        _fail(e)
+    table = Table(title=str(target), title_justify="left")
+    for c in ("cell id", "cell", "status", "held-out acc", "train s", "error"):
+        table.add_column(c)
+    color = {"done": "green", "failed": "red", "pending": "yellow"}
+    for r in cells.to_dict("records"):
+        acc = "" if r["heldout_accuracy"] is None or r["heldout_accuracy"] != r["heldout_accuracy"] else f"{r['heldout_accuracy']:.3f}"
+        secs = "" if r["train_seconds"] is None or r["train_seconds"] != r["train_seconds"] else f"{r['train_seconds']:.1f}"
+        table.add_row(r["cell_id"], r["label"], f"[{color[r['status']]}]{r['status']}[/]", acc, secs,
+                      f"{r['error_type']}: {r['error']}" if r["status"] == "failed" else "")
+    console.print(table)
+    counts = cells["status"].value_counts().to_dict()
+    console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+@app.command()
+def report(target: Path = typer.Argument(..., help="A results directory (results/<name>) or a matrix file."),
+           rule: Optional[str] = typer.Option(None, help="Re-decide with another rule: paired_exact, "
+                                              "paired_bootstrap or seed_rule (default: the matrix's)."),
+           alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
+           results: Optional[Path] = RESULTS) -> None:
+    """Collect the tables, decide, and print the report; writes cells.parquet, pairs.parquet, report.md, PNGs."""
+    from .report import build_report, print_report
+
+    if rule is not None and rule not in ("paired_exact", "paired_bootstrap", "seed_rule"):
+        _fail(MatrixError([f"--rule: {rule!r} is not a rule; allowed: paired_exact, paired_bootstrap, seed_rule"]))
+    if alpha is not None and not 0 < alpha < 0.5:
+        _fail(MatrixError([f"--alpha: {alpha} must be in (0, 0.5)"]))
+    try:
+        rep = build_report(_results_dir(target, results), rule=rule, alpha=alpha)
+    except MatrixError as e:
+        _fail(e)
+    print_report(rep, console)
+
+
+def main() -> None:
+    try:
+        app()
+    except MatrixError as e:  # raised outside a command's own handling
+        err.print("\n".join(e.problems), markup=False)
+        sys.exit(2)
