@@ -1,0 +1,46 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_matrix(**overrides) -> dict:
+    """A tiny, fast matrix on the builtin model and data (as a dict; tests tweak and dump it)."""
+    m = {
+        "name": "t",
+        "model": {"path": "builtin:tiny-llama"},
+        "data": {"train": {"builtin": "letters", "n": 64, "length_skew": 0.5},
+                 "heldout": {"builtin": "letters", "n": 32, "length_skew": -0.3}, "max_length": 96},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 1.0e-3, "logging_steps": 1, "eval_steps": 2},
+        "matrix": {"objective": ["dpo", "simpo"], "lora_rank": [4], "seed": [0]},
+        "objectives": {"dpo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 0.5}},
+        "decision": {"baseline": {"objective": "dpo", "lora_rank": 4}},
+    }
+    for k, v in overrides.items():
+        m[k] = v
+    return m
+
+
+@pytest.fixture
+def write_matrix(tmp_path):
+    def _write(m: dict | str, name: str = "m.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(m if isinstance(m, str) else yaml.safe_dump(m, sort_keys=False))
+        return p
+    return _write
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    def _write(rows, name: str) -> Path:
+        p = tmp_path / name
+        p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+        return p
+    return _write
