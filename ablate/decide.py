@@ -50,9 +50,22 @@ def config_label(params: dict) -> str:
     return cell_label({**params, "seed": 0}).rsplit(" s", 1)[0]
 
 
+CONFIG_KEYS = ["objective", "lora_rank", "beta", "gamma", "lambda", "lr", "epochs"]
+
+
+def config_names(cells: pd.DataFrame) -> pd.Series:
+    """A name per cell for its configuration (parameters without the seed); lr and epochs are named
+    only when they vary, so cells differing only there are never pooled as if they were seeds."""
+    show = [k for k in ("lr", "epochs") if k in cells and cells[k].nunique(dropna=True) > 1]
+    def name(r):
+        extra = "".join(f" {'lr' if k == 'lr' else 'ep'}{r[k]:g}" for k in show)
+        return config_label(r) + extra
+    return pd.Series([name(r) for r in cells.to_dict("records")], index=cells.index, dtype=object)
+
+
 def _configs(cells: pd.DataFrame) -> pd.DataFrame:
     done = cells[cells["status"] == "done"].copy()
-    done["config"] = [config_label(r) for r in done.to_dict("records")]
+    done["config"] = config_names(done)
     return done
 
 
@@ -60,6 +73,11 @@ def _outcomes(pairs: pd.DataFrame, cell_ids: list[str]) -> np.ndarray:
     """[n_pairs, n_seeds] matrix of 0/1 held-out outcomes for one configuration."""
     sub = pairs[pairs["cell_id"].isin(cell_ids)]
     return sub.pivot(index="pair", columns="cell_id", values="correct").sort_index().to_numpy(dtype=float)
+
+
+def _nanmean(xs: list[float]) -> float:
+    a = np.asarray(xs, dtype=float)
+    return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -107,6 +125,8 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
            tolerance_pairs: int | None = None, logs: dict | None = None) -> Decision:
     """Pick the winner from the two Parquet tables. `logs` maps cell id → (train_log, eval_log)
     DataFrames; the seed rule needs them to judge margins (see diagnostics.margin_retention)."""
+    if rule not in ("paired_exact", "paired_bootstrap", "seed_rule"):
+        raise ValueError(f"unknown rule {rule!r}; choose paired_exact, paired_bootstrap or seed_rule")
     done = _configs(cells)
     base_rows = done[done["is_baseline"]]
     if base_rows.empty:
@@ -132,7 +152,7 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
             "correct": float(out.sum(axis=0).mean()), "diff_pairs": float(d.sum()),
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
             "mde": minimum_detectable_effect(d, alpha, base_acc=float(base_out.mean())),
-            "retention": float(np.nanmean([retention[c] for c in g["cell_id"]])),
+            "retention": _nanmean([retention[c] for c in g["cell_id"]]),
             "_d": d, "_out": out,
         })
     table = pd.DataFrame(rows)
@@ -194,7 +214,9 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
 def _reason(table: pd.DataFrame, base: str, winner: str, switch: bool, rule: str, alpha: float, n: int) -> str:
     if switch:
         w = table[table["config"] == winner].iloc[0]
-        ev = (f"95% interval [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}]" if rule == "paired_bootstrap"
+        m = int((~table["is_baseline"]).sum())
+        ev = (f"{1 - alpha / m:.1%} interval on the accuracy difference [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}]"
+              if rule == "paired_bootstrap"
               else f"p = {w['p_adjusted']:.2g} after Holm" if rule == "paired_exact" else "the seed rule")
         return (f"Switch from {base} to {winner}: it gets {w['diff_pairs']:.0f} more of {n} held-out pairs right "
                 f"({w['wins']} won, {w['losses']} lost; {ev}).")

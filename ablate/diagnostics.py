@@ -54,7 +54,7 @@ def overoptimization(train_log: pd.DataFrame, eval_log: pd.DataFrame) -> dict:
 
 def length_quartiles(pairs: pd.DataFrame) -> pd.DataFrame:
     """Accuracy per cell by quartile of chosen-minus-rejected length; columns Q1..Q4 (Q1: chosen shortest)."""
-    if pairs.empty:
+    if pairs.empty or pairs["pair"].nunique() < 4:
         return pd.DataFrame()
     one = pairs.drop_duplicates("pair").set_index("pair")
     diff = (one["chosen_len"] - one["rejected_len"]).astype(float)

@@ -16,6 +16,9 @@ def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .decide import config_names
+
+    cells = cells.assign(_cfg=config_names(cells))
     done = cells[cells["status"] == "done"].sort_values("label")
     out = []
 
@@ -57,7 +60,7 @@ def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart:
         acc.append(r["heldout_accuracy"])
         lo.append(r["heldout_accuracy"] - ci.low)
         hi.append(ci.high - r["heldout_accuracy"])
-        cfg = r["label"].rsplit(" s", 1)[0]
+        cfg = r["_cfg"]
         colors.append("tab:green" if cfg == winner else "tab:blue" if r["is_baseline"] else "tab:grey")
     y = np.arange(len(labels))
     ax.errorbar(acc, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .collect import collect, read_logs
-from .decide import Decision, decide
+from .decide import Decision, config_names, decide
 from .diagnostics import length_bias, length_quartiles, length_summary, overoptimization
 from .plan import read_plan
 from .storage import atomic_write_text
@@ -57,9 +57,10 @@ def build_report(results: str | Path, rule: str | None = None, alpha: float | No
     comp = decision.comparisons.set_index("config") if decision else pd.DataFrame()
 
     rows = []
-    ranked = cells.assign(_acc=cells["heldout_accuracy"].fillna(-1)).sort_values("_acc", ascending=False)
+    ranked = cells.assign(_acc=cells["heldout_accuracy"].fillna(-1), _cfg=config_names(cells))
+    ranked = ranked.sort_values("_acc", ascending=False)
     for rank, r in enumerate(ranked.to_dict("records"), 1):
-        cfg = r["label"].rsplit(" s", 1)[0]
+        cfg = r["_cfg"]
         c = comp.loc[cfg] if cfg in comp.index else None
         flags = []
         if r["is_baseline"]:

@@ -2,7 +2,7 @@
 
 results/<matrix name>/cells/<cell id>/  cell.json train_log.jsonl eval_log.jsonl pairs.parquet adapter/
                                         error.txt (failed only)  DONE (written last)
-results/<matrix name>/cells.parquet pairs.parquet report.md matrix.yaml
+results/<matrix name>/plan.json cells.parquet pairs.parquet report.md *.png
 A cell is built in a temporary sibling directory and renamed into place with DONE already inside,
 so a directory named after a cell id either is complete or says why it failed.
 """

@@ -185,7 +185,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
 
     (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_log))
     (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_log))
-    pair_rows["chosen_truncated"] = [pp.truncated for pp in held_pairs]
+    pair_rows["truncated"] = [pp.truncated for pp in held_pairs]  # prompt or either completion was cut
     pair_rows.to_parquet(staging / "pairs.parquet", index=False)
     model.save_pretrained(staging / "adapter")
 

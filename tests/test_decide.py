@@ -57,15 +57,13 @@ CONFIGS = {
 
 def cfg(name: str) -> str:
     """The config label decide() reports for a short name such as "simpo r8"."""
-    return config_label({**CONFIGS[name], "seed": 0})
+    return config_label({**CONFIGS[name], "seed": 0, "lr": 1e-4, "epochs": 1})
 
 
-def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None = None,
-                lr: dict | None = None, seeds: dict | None = None):
-    """cells and pairs tables from {short name: outcome array [n_pairs] or [n_pairs, n_seeds]}.
-
-    `status` maps short name → status for all its seeds (default "done"); `lr` overrides a config's lr
-    (keys may be any string naming a row, with the config given as `(name, lr)` in `outcomes`)."""
+def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None = None):
+    """cells and pairs tables from {short name: outcome array [n_pairs] or [n_pairs, n_seeds]}; a key
+    may also be `(short name, lr)` (default lr 1e-4). Seeds are 0..n_seeds-1. `status` maps short
+    name → status for all its seeds (default "done")."""
     cell_rows, pair_frames = [], []
     for key, out in outcomes.items():
         name, this_lr = (key if isinstance(key, tuple) else (key, 1e-4))
@@ -73,7 +71,7 @@ def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None =
         if out.ndim == 1:
             out = out[:, None]
         for j in range(out.shape[1]):
-            seed = (seeds or {}).get(name, list(range(out.shape[1])))[j]
+            seed = j
             params = {**CONFIGS[name], "seed": seed, "lr": this_lr, "epochs": 1}
             cid = f"{name.replace(' ', '_')}_lr{this_lr:g}_s{seed}"
             cell_rows.append({
