@@ -18,7 +18,7 @@ PARAM_COLUMNS = ["objective", "lora_rank", "seed", "beta", "gamma", "gamma_beta_
 METRIC_COLUMNS = [
     "heldout_accuracy", "heldout_correct", "heldout_pairs", "heldout_margin", "heldout_loss",
     "train_margin_first", "train_margin_last", "train_loss_last", "train_pairs",
-    "truncated_train_pairs", "truncated_heldout_pairs", "steps", "train_seconds", "tokens_per_second",
+    "truncated_train_pairs", "truncated_heldout_pairs", "steps", "stopped_early", "train_seconds", "tokens_per_second",
     "peak_memory_mb", "trainable_params", "device",
 ]
 

@@ -85,6 +85,13 @@ class LoraSpec(Strict):
     targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
 
 
+class EarlyStopping(Strict):
+    """Stop when the held-out metric has not improved for `patience` consecutive evaluations."""
+
+    patience: int = Field(2, ge=1, le=1000)
+    metric: Literal["eval_loss", "eval_accuracy", "eval_rewards/margins"] = "eval_loss"
+
+
 class TrainSpec(Strict):
     epochs: int = Field(1, ge=1, le=1000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
@@ -99,6 +106,7 @@ class TrainSpec(Strict):
     eval_steps: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(32, ge=1, le=65_536)
     lora: LoraSpec = LoraSpec()
+    early_stopping: EarlyStopping | None = None
 
     @model_validator(mode="after")
     def _accum_divides(self):

@@ -145,12 +145,14 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     eval_every = t["eval_steps"] or max(1, total_steps // 4)
 
     train_log, eval_log = [], []
+    es = t.get("early_stopping")
+    best, since_best, stopped_early = None, 0, False
     tokens, step, t0 = 0, 0, time.perf_counter()
     model.train()
-    while step < total_steps:
+    while step < total_steps and not stopped_early:
         order = torch.randperm(len(train_pairs), generator=gen).tolist()
         for s in range(0, len(order), bs):
-            if step >= total_steps:
+            if step >= total_steps or stopped_early:
                 break
             idx = order[s : s + bs]
             opt.zero_grad(set_to_none=True)
@@ -178,6 +180,10 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
             if step % eval_every == 0 and step != total_steps:
                 m_eval, _ = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
                 eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
+                if es:  # lower is better for the loss, higher for accuracy and margins
+                    value = m_eval[es["metric"]] * (1 if es["metric"] == "eval_loss" else -1)
+                    best, since_best = (value, 0) if best is None or value < best else (best, since_best + 1)
+                    stopped_early = since_best >= es["patience"]
     train_seconds = time.perf_counter() - t0
 
     m_eval, pair_rows = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
@@ -201,6 +207,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         "truncated_train_pairs": sum(pp.truncated for pp in train_pairs),
         "truncated_heldout_pairs": sum(pp.truncated for pp in held_pairs),
         "steps": step,
+        "stopped_early": stopped_early,
         "train_seconds": train_seconds,
         "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
         "peak_memory_mb": _peak_memory_mb(device),

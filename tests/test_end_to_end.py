@@ -139,3 +139,24 @@ def test_same_seed_gives_same_numbers_on_cpu(tmp_path):
         outs.append(pd.read_parquet(Path(tmp_path / f"r{k}" / "cells" / cell.id / "pairs.parquet")))
     pd.testing.assert_frame_equal(outs[0], outs[1])
     assert letters_task(4) == letters_task(4)
+
+
+def test_early_stopping_on_heldout_metric_stops_and_is_recorded(tmp_path):
+    from ablate.plan import make_plan
+
+    m = small_matrix()
+    m["matrix"]["objective"] = ["simpo"]
+    m["decision"]["baseline"] = {"objective": "simpo"}
+    m["train"].update(epochs=20, eval_steps=1, lr=1e-4)
+    # Accuracy saturates quickly on this task, so "no better accuracy for 2 evals" must stop long before 80 steps.
+    m["train"]["early_stopping"] = {"patience": 2, "metric": "eval_accuracy"}
+    p = tmp_path / "m.yaml"
+    p.write_text(json.dumps(m))
+    plan = make_plan(p, results=tmp_path / "r")
+    cell = plan.cells[0]
+    out = run_cell(cell.id, cell.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
+                   str(tmp_path / "r"))
+    assert out["status"] == "done" and out["stopped_early"] is True and out["steps"] < 80
+    evals = [json.loads(x) for x in (tmp_path / "r" / "cells" / cell.id / "eval_log.jsonl").read_text().splitlines()]
+    accs = [e["eval_accuracy"] for e in evals[:-1]]
+    assert max(accs[-2:]) <= max(accs[:-2])  # the last two evaluations did not improve on the best before them
