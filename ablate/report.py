@@ -95,6 +95,10 @@ def build_report(results: str | Path, rule: str | None = None, alpha: float | No
                      f"Smallest difference detectable at 80% power: {decision.mde:.1%} accuracy "
                      f"(≈ {decision.mde * decision.heldout_pairs:.0f} pairs).")
         lines += decision.notes
+        if decision.seeds > 1:
+            spread = "; ".join(f"{r.config} {r.accuracy:.3f} ± {r.accuracy_seed_sd:.3f}"
+                               for r in decision.comparisons.itertuples())
+            lines.append(f"Held-out accuracy across {decision.seeds} seeds (mean ± sd): {spread}.")
     ls = length_summary(pairs)
     if ls:
         lines.append(f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "

@@ -160,3 +160,22 @@ def test_early_stopping_on_heldout_metric_stops_and_is_recorded(tmp_path):
     evals = [json.loads(x) for x in (tmp_path / "r" / "cells" / cell.id / "eval_log.jsonl").read_text().splitlines()]
     accs = [e["eval_accuracy"] for e in evals[:-1]]
     assert max(accs[-2:]) <= max(accs[:-2])  # the last two evaluations did not improve on the best before them
+
+
+def test_report_shows_per_seed_spread(tmp_path):
+    from ablate.plan import make_plan
+    from ablate.report import build_report
+
+    m = small_matrix()
+    m["matrix"]["seed"] = [0, 1]
+    p = tmp_path / "m.yaml"
+    p.write_text(json.dumps(m))
+    plan = make_plan(p, results=tmp_path / "r")
+    plan.results.mkdir(parents=True)
+    plan.write()
+    for c in plan.cells:
+        assert run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
+                        str(plan.results))["status"] == "done"
+    rep = build_report(plan.results, plots=False)
+    assert rep.decision.seeds == 2
+    assert any("across 2 seeds (mean ± sd)" in line for line in rep.lines)
