@@ -29,7 +29,7 @@ ADDRESS = typer.Option(None, "--address", "-a",
 def _fail(e: MatrixError) -> None:
     err.print(f"[bold red]{len(e.problems)} problem(s); nothing was run:[/bold red]")
     for p in e.problems:
-        err.print(f"  ✗ {p}", markup=False, highlight=False)
+        err.print(f"  ✗ {p}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -131,7 +131,7 @@ def _markdown(name, rows, lines, quart, cells, png) -> str:
     if not quart.empty:
         labels = cells.set_index("cell_id")["label"]
         out += ["", "## Held-out accuracy by length quartile", "",
-                "Quartiles of (chosen − rejected) length in tokens: Q1 = chosen much shorter, Q4 = chosen much longer.",
+                "Quartiles of (chosen − rejected) length in tokens: Q1 = chosen shortest relative to rejected, Q4 = longest.",
                 "", "| cell | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
         for cid, q in quart.iterrows():
             out.append(f"| {labels[cid]} | " + " | ".join(_fmt(q[k], ".2f") for k in ["Q1", "Q2", "Q3", "Q4"]) + " |")

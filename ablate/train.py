@@ -10,6 +10,7 @@ import json
 import math
 import random
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -231,8 +232,6 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
     try:
         summary = train_cell(config, model_spec, train_rows, heldout_rows, staging)
     except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         cell_json.update(status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else "")
         storage.publish_failure(results_path, cell_id, cell_json, traceback.format_exc())
