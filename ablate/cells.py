@@ -63,10 +63,14 @@ def _excluded(params: dict[str, Any], spec: MatrixSpec) -> bool:
     return any(all(params.get(k) == v for k, v in ex.items()) for ex in spec.exclude)
 
 
+# Train settings that change speed or resilience but not results: not part of a cell's identity.
+RUNTIME_FIELDS = {"checkpoint_every_steps", "gradient_checkpointing"}
+
+
 def expand(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:
     """The product of the matrix axes (with per-objective knobs), minus exclusions, in a stable order."""
     ax = spec.matrix
-    train = spec.train.model_dump(mode="json")
+    train = spec.train.model_dump(mode="json", exclude=RUNTIME_FIELDS)
     cells: list[Cell] = []
     for objective, rank, seed, lr, epochs in itertools.product(
         ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None]

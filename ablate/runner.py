@@ -34,6 +34,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a laptop
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job: join that cluster
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:

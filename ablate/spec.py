@@ -107,6 +107,9 @@ class TrainSpec(Strict):
     eval_batch_size: int = Field(32, ge=1, le=65_536)
     lora: LoraSpec = LoraSpec()
     early_stopping: EarlyStopping | None = None
+    # Runtime settings: they change speed or resilience, not the numbers, so they stay out of cell ids.
+    checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="after")
     def _accum_divides(self):
@@ -182,9 +185,31 @@ class DecisionSpec(Strict):
 
 
 class ResourceSpec(Strict):
+    """What one cell asks Ray for. Fractional GPUs let several small cells share one GPU."""
+
     gpus_per_cell: float = Field(0.0, ge=0, le=64)
     cpus_per_cell: float = Field(1.0, gt=0, le=1024)
-    max_retries: int = Field(2, ge=0, le=100)
+    memory_gb: PosFloat | None = Field(None, le=65_536)
+    accelerator_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="e.g. H100, A100-80G")
+    custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")], PosFloat] = {}
+    max_retries: int = Field(2, ge=0, le=100, description="Ray retries of a cell whose worker or node was lost")
+    max_oom_retries: int = Field(2, ge=0, le=10, description="halve the micro-batch this many times on OOM")
+
+    @field_validator("gpus_per_cell")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpus_per_cell {v}: above 1 it must be a whole number (Ray shares a GPU only "
+                             "in fractions of one)")
+        return v
+
+    @field_validator("custom")
+    @classmethod
+    def _not_builtin(cls, v: dict) -> dict:
+        clash = sorted(set(v) & {"CPU", "GPU", "memory", "object_store_memory"})
+        if clash:
+            raise ValueError(f"custom resources {clash} are built in; use cpus_per_cell, gpus_per_cell, memory_gb")
+        return v
 
 
 class MatrixSpec(Strict):
