@@ -21,9 +21,14 @@ console = Console()
 err = Console(stderr=True)
 
 MATRIX = typer.Argument(..., help="Matrix YAML file, e.g. matrices/quickstart.yaml.", show_default=False)
-RESULTS = typer.Option(None, "--results", "-r", help="Results root (default: the matrix's `storage`, 'results').")
+RESULTS = typer.Option(None, "--results", "-r", help="Results root: a path or a URI such as s3://bucket/ablate "
+                       "(default: the matrix's `storage`, 'results').")
 ADDRESS = typer.Option(None, "--address", "-a",
                        help="Existing Ray cluster: 'auto' or 'ray://HOST:10001'. Default: start Ray locally.")
+JOB_ADDRESS = typer.Option(None, "--address", "-a", show_default=False,
+                           help="The cluster's Ray dashboard, http://HEAD:8265 (default: $RAY_ADDRESS if it is an "
+                                "http(s) URL). Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment.")
+JOB_ID = typer.Option(..., "--job", "-j", help="The Ray job id printed by `ablate submit`.", show_default=False)
 
 
 def _fail(e: MatrixError) -> None:
@@ -33,7 +38,7 @@ def _fail(e: MatrixError) -> None:
     raise typer.Exit(2)
 
 
-def _run(matrix: Path, results: Optional[Path], address: Optional[str], verb: str) -> None:
+def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .plan import make_plan
@@ -73,6 +78,10 @@ def _run(matrix: Path, results: Optional[Path], address: Optional[str], verb: st
 
     try:
         run_plan(plan, address=address, on_start=on_start, on_done=on_done)
+    except MatrixError as e:  # the results are locked by another run, or no node can run a cell
+        progress.stop()
+        shutdown()
+        _fail(e)
     except KeyboardInterrupt:
         progress.stop()
         err.print("[yellow]Interrupted: finished cells are kept. Run `ablate resume "
@@ -85,28 +94,30 @@ def _run(matrix: Path, results: Optional[Path], address: Optional[str], verb: st
     rep = build_report(plan.results)
     console.print()
     print_report(rep, console)
-    console.print(f"\nTables: {plan.results / 'cells.parquet'}, {plan.results / 'pairs.parquet'}; "
-                  f"report: {plan.results / 'report.md'}  ({time.perf_counter() - t0:.0f}s)")
+    r = plan.results.uri
+    console.print(f"\nTables: {r}/cells.parquet, {r}/pairs.parquet; report: {r}/report.md  "
+                  f"({time.perf_counter() - t0:.0f}s)")
     if failed:
         err.print(f"[red]{len(failed)} cell(s) failed:[/red] " + ", ".join(f["label"] for f in failed)
-                  + f". Tracebacks: {plan.results / 'cells'}/<id>/error.txt; `ablate resume {matrix}` retries them.")
+                  + f". Tracebacks: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them.")
         raise typer.Exit(1)
 
 
 @app.command()
-def run(matrix: Path = MATRIX, results: Optional[Path] = RESULTS, address: Optional[str] = ADDRESS) -> None:
+def run(matrix: Path = MATRIX, results: Optional[str] = RESULTS, address: Optional[str] = ADDRESS) -> None:
     """Validate MATRIX, train every cell not already done, then print the decision report."""
+    from .jobs import check_client_versions; check_client_versions()  # noqa: E702 - inside `ablate submit`'s job
     _run(matrix, results, address, "run")
 
 
 @app.command()
-def resume(matrix: Path = MATRIX, results: Optional[Path] = RESULTS, address: Optional[str] = ADDRESS) -> None:
+def resume(matrix: Path = MATRIX, results: Optional[str] = RESULTS, address: Optional[str] = ADDRESS) -> None:
     """Train only the cells of MATRIX that are failed or unfinished; finished cells are untouched."""
     _run(matrix, results, address, "resume")
 
 
 @app.command()
-def validate(matrix: Path = MATRIX, results: Optional[Path] = RESULTS) -> None:
+def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
     """Check MATRIX and its data files and list every problem at once. Starts no Ray and loads no model."""
     from .plan import make_plan
 
@@ -123,23 +134,36 @@ def validate(matrix: Path = MATRIX, results: Optional[Path] = RESULTS) -> None:
                       highlight=False)
 
 
-def _results_dir(target: Path, results: Optional[Path]) -> Path:
-    """Accept a results directory or a matrix file (whose results directory is then used)."""
-    if target.is_file():
+def _results_dir(target: str, results: Optional[str]) -> str:
+    """Accept a results directory or URI, or a matrix file (whose results directory is then used)."""
+    if "://" not in target and Path(target).is_file():
         from .spec import load_matrix
 
         spec = load_matrix(target)
-        return Path(results or spec.storage) / spec.name
+        return f"{str(results or spec.storage).rstrip('/')}/{spec.name}"
     return target
 
 
 @app.command()
-def status(target: Path = typer.Argument(..., help="A results directory (results/<name>) or a matrix file."),
-           results: Optional[Path] = RESULTS) -> None:
-    """Show each cell's state (pending / failed / done) and headline numbers."""
+def status(target: Optional[str] = typer.Argument(None, help="A results directory (results/<name>, s3://…/<name>) or a matrix file.",
+                                                  show_default=False),
+           results: Optional[str] = RESULTS,
+           job: Optional[str] = typer.Option(None, "--job", "-j", show_default=False,
+                                             help="A Ray job id from `ablate submit`: show the job and its cells."),
+           address: Optional[str] = JOB_ADDRESS) -> None:
+    """Show each cell's state (pending / running / failed / done) and headline numbers."""
     from rich.table import Table
 
     from .collect import collect
+
+    if job is not None:  # a submitted Ray Job: its state, and its cells when the results are readable here
+        from . import jobs
+
+        with jobs.user_errors(err):
+            jobs.show_status(job, address, console, err)
+        return
+    if target is None:
+        _fail(MatrixError(["status: give a results directory or a matrix file, or --job ID --address URL"]))
 
     try:
         cells, _ = collect(_results_dir(target, results), write=False)
@@ -148,7 +172,7 @@ def status(target: Path = typer.Argument(..., help="A results directory (results
     table = Table(title=str(target), title_justify="left")
     for c in ("cell id", "cell", "status", "held-out acc", "train s", "error"):
         table.add_column(c)
-    color = {"done": "green", "failed": "red", "pending": "yellow"}
+    color = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
     for r in cells.to_dict("records"):
         acc = "" if r["heldout_accuracy"] is None or r["heldout_accuracy"] != r["heldout_accuracy"] else f"{r['heldout_accuracy']:.3f}"
         secs = "" if r["train_seconds"] is None or r["train_seconds"] != r["train_seconds"] else f"{r['train_seconds']:.1f}"
@@ -160,11 +184,11 @@ def status(target: Path = typer.Argument(..., help="A results directory (results
 
 
 @app.command()
-def report(target: Path = typer.Argument(..., help="A results directory (results/<name>) or a matrix file."),
+def report(target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
            rule: Optional[str] = typer.Option(None, help="Re-decide with another rule: paired_exact, "
                                               "paired_bootstrap or seed_rule (default: the matrix's)."),
            alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
-           results: Optional[Path] = RESULTS) -> None:
+           results: Optional[str] = RESULTS) -> None:
     """Collect the tables, decide, and print the report; writes cells.parquet, pairs.parquet, report.md, PNGs."""
     from .report import build_report, print_report
 
@@ -177,6 +201,41 @@ def report(target: Path = typer.Argument(..., help="A results directory (results
     except MatrixError as e:
         _fail(e)
     print_report(rep, console)
+
+
+@app.command()
+def submit(matrix: Path = MATRIX, address: Optional[str] = JOB_ADDRESS,
+           results: Optional[str] = typer.Option(
+               None, "--results", "-r", show_default=False,
+               help="Results root as the cluster sees it: an absolute path every node can write, or a URI "
+                    "(s3://…, gs://…). Default: the matrix's `storage`.")) -> None:
+    """Validate MATRIX here, then submit it as a Ray Job (code, matrix and small local data shipped); print the job id."""
+    from . import jobs
+
+    with jobs.user_errors(err):
+        try:
+            jobs.submit(matrix, address, results, console)
+        except MatrixError as e:
+            _fail(e)
+
+
+@app.command()
+def logs(job: str = JOB_ID, follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends."),
+         address: Optional[str] = JOB_ADDRESS) -> None:
+    """Print a submitted job's driver log; --follow streams it until the job ends."""
+    from . import jobs
+
+    with jobs.user_errors(err):
+        jobs.show_logs(job, address, follow, err)
+
+
+@app.command()
+def cancel(job: str = JOB_ID, address: Optional[str] = JOB_ADDRESS) -> None:
+    """Stop a submitted job; cells already finished stay in its results."""
+    from . import jobs
+
+    with jobs.user_errors(err):
+        jobs.cancel(job, address, console)
 
 
 def main() -> None:

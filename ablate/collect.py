@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plan import read_plan
-from .storage import atomic_write_bytes, cell_dir, cell_status, read_cell_json
+from .storage import Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet
 
 PARAM_COLUMNS = ["objective", "lora_rank", "seed", "beta", "gamma", "gamma_beta_ratio", "lambda", "lr", "epochs"]
 METRIC_COLUMNS = [
@@ -20,17 +20,20 @@ METRIC_COLUMNS = [
     "train_margin_first", "train_margin_last", "train_loss_last", "train_pairs",
     "truncated_train_pairs", "truncated_heldout_pairs", "steps", "stopped_early", "train_seconds", "tokens_per_second",
     "peak_memory_mb", "trainable_params", "device",
+    # how the cell got done: the micro-batch it ended with after OOM halvings, and where it resumed
+    "micro_batch", "grad_accum", "oom_retries", "resumed_from_step", "node_id",
 ]
 
 
-def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    results = Path(results)
-    plan = read_plan(results)
+def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    store = as_store(results)
+    plan = read_plan(store)
     baseline = set(plan["baseline_ids"])
+    states = cell_states(store, [c["id"] for c in plan["cells"]])
     rows, pair_frames = [], []
     for c in plan["cells"]:
-        status = cell_status(results, c["id"])
-        info = read_cell_json(results, c["id"]) or {}
+        status = states[c["id"]]
+        info = (read_cell_json(store, c["id"]) or {}) if status in ("done", "failed") else {}
         row = {"cell_id": c["id"], "label": c["label"], "status": status, "is_baseline": c["id"] in baseline}
         row.update({k: c["params"].get(k) for k in PARAM_COLUMNS})
         row.update({k: info.get(k) for k in METRIC_COLUMNS})
@@ -43,7 +46,7 @@ def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.D
             ablate_version=cfg.get("ablate_version"),
         )
         if status == "done":
-            pairs = pd.read_parquet(cell_dir(results, c["id"]) / "pairs.parquet")
+            pairs = read_parquet(store, f"cells/{c['id']}/pairs.parquet")
             row["heldout_correct"] = int(pairs["correct"].sum())
             pairs.insert(0, "cell_id", c["id"])
             pair_frames.append(pairs)
@@ -56,12 +59,11 @@ def collect(results: str | Path, write: bool = True) -> tuple[pd.DataFrame, pd.D
         for name, df in (("cells.parquet", cells), ("pairs.parquet", pairs)):
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
-            atomic_write_bytes(results / name, buf.getvalue())
+            store.write_bytes(name, buf.getvalue())
     return cells, pairs
 
 
-def read_logs(results: str | Path, cell_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_logs(results: str | Path | Store, cell_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A cell's train_log.jsonl and eval_log.jsonl as DataFrames (TRL metric names)."""
-    d = cell_dir(Path(results), cell_id)
-    read = lambda n: pd.read_json(d / n, lines=True) if (d / n).is_file() and (d / n).stat().st_size else pd.DataFrame()  # noqa: E731
-    return read("train_log.jsonl"), read("eval_log.jsonl")
+    store = as_store(results)
+    return tuple(pd.DataFrame(read_jsonl(store, f"cells/{cell_id}/{n}")) for n in ("train_log.jsonl", "eval_log.jsonl"))

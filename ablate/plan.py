@@ -15,7 +15,7 @@ from .cells import Cell, baseline_cells, expand
 from .data import check_leakage, encode, load_rows, rows_hash
 from .models import check_model_spec, load_tokenizer, model_identity
 from .spec import BuiltinData, MatrixError, MatrixSpec, load_matrix
-from .storage import atomic_write_text, cell_status, check_results_dir, dump_json
+from .storage import Store, as_store, cell_states, check_results_dir, dump_json, is_uri
 
 
 @dataclass
@@ -25,10 +25,10 @@ class Plan:
     baseline_ids: list[str]
     train_rows: list[dict]
     heldout_rows: list[dict]
-    results: Path
+    results: Store
 
     def status(self) -> dict[str, str]:
-        return {c.id: cell_status(self.results, c.id) for c in self.cells}
+        return cell_states(self.results, [c.id for c in self.cells])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,7 +42,7 @@ class Plan:
         }
 
     def write(self) -> None:
-        atomic_write_text(self.results / "plan.json", dump_json(self.to_json()))
+        self.results.write_text("plan.json", dump_json(self.to_json()))
 
 
 def _source_name(src: BuiltinData | str) -> str:
@@ -65,7 +65,8 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
-    results_dir = Path(results if results is not None else spec.storage) / spec.name
+    root = str(results if results is not None else spec.storage)
+    results_dir = f"{root.rstrip('/')}/{spec.name}" if is_uri(root) else Path(root) / spec.name
     problems += [f"{where}: {p}" for p in check_results_dir(results_dir)]
 
     if check_tokens and len(rows) == 2 and not problems and _tokenizer_is_local(spec):
@@ -92,15 +93,19 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
                         "configurations; add keys (e.g. beta) until it names one")
     if problems:
         raise MatrixError(problems)
-    return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], results_dir)
+    return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], Store(results_dir))
 
 
 def _tokenizer_is_local(spec: MatrixSpec) -> bool:
     return spec.model.path.startswith("builtin:") or Path(spec.model.path).is_dir()
 
 
-def read_plan(results: str | Path) -> dict[str, Any]:
-    p = Path(results) / "plan.json"
-    if not p.is_file():
+def read_plan(results: str | Path | Store) -> dict[str, Any]:
+    try:
+        store = as_store(results)
+        plan = store.read_json("plan.json")
+    except (OSError, ValueError) as e:  # an unreachable or malformed URI
+        raise MatrixError([f"{results}: cannot read: {str(e).splitlines()[0]}"]) from None
+    if plan is None:
         raise MatrixError([f"{results}: not an ablate results directory (no plan.json); run `ablate run` first"])
-    return json.loads(p.read_text())
+    return plan

@@ -3,14 +3,16 @@ accuracy by length quartile."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+from .storage import Store
 
-def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart: pd.DataFrame) -> list[Path]:
+
+def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart: pd.DataFrame) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +50,7 @@ def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart:
                loc="lower center", ncol=3, frameon=False)
     fig.suptitle("Training vs held-out margins: a training margin that climbs while held-out stays flat is overoptimization")
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    out.append(_save(fig, results / "margins.png"))
+    out.append(_save(fig, results, "margins.png"))
 
     # 2. Held-out accuracy per cell with exact 95% intervals (Clopper-Pearson over its held-out pairs).
     fig, ax = plt.subplots(figsize=(7, 0.5 * n + 1.6))
@@ -71,7 +73,7 @@ def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart:
     ax.set_xlabel("held-out accuracy (95% exact interval)")
     ax.set_title("Held-out accuracy per cell (blue = baseline, green = winner)")
     fig.tight_layout()
-    out.append(_save(fig, results / "accuracy.png"))
+    out.append(_save(fig, results, "accuracy.png"))
 
     # 3. Accuracy by length quartile: a steep line means length, not content, drives the choice.
     if not quart.empty:
@@ -85,13 +87,13 @@ def write_plots(results: Path, cells: pd.DataFrame, decision, logs: dict, quart:
         ax.set_title("Accuracy by length difference (flat = length-robust)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        out.append(_save(fig, results / "length.png"))
+        out.append(_save(fig, results, "length.png"))
     plt.close("all")
     return out
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
+def _save(fig, results: Store, name: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    results.write_bytes(name, buf.getvalue())
+    return name

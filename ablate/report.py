@@ -16,7 +16,7 @@ from .collect import collect, read_logs
 from .decide import Decision, config_names, decide
 from .diagnostics import length_bias, length_quartiles, length_summary, overoptimization
 from .plan import read_plan
-from .storage import atomic_write_text
+from .storage import Store, as_store
 
 COLUMNS = ["#", "cell", "held-out acc", "correct", "vs baseline", "p (adj)", "held-out margin",
            "train margin first→last", "retention", "flags"]
@@ -29,16 +29,16 @@ class Report:
     rows: list[dict]
     lines: list[str]  # headline and notes, in order
     markdown: str
-    plots: list[Path]
+    plots: list[str]
 
 
 def _fmt(x, spec=".3f", none="–"):
     return none if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def build_report(results: str | Path, rule: str | None = None, alpha: float | None = None,
+def build_report(results: str | Path | Store, rule: str | None = None, alpha: float | None = None,
                  write: bool = True, plots: bool = True) -> Report:
-    results = Path(results)
+    results = as_store(results)
     plan = read_plan(results)
     cells, pairs = collect(results, write=write)
     rule = rule or plan["decision"]["rule"]
@@ -118,7 +118,7 @@ def build_report(results: str | Path, rule: str | None = None, alpha: float | No
         png = write_plots(results, cells, decision, logs, quart)
     md = _markdown(plan["name"], rows, lines, quart, cells, png)
     if write:
-        atomic_write_text(results / "report.md", md)
+        results.write_text("report.md", md)
     return Report(plan["name"], decision, rows, lines, md, png)
 
 
@@ -136,7 +136,7 @@ def _markdown(name, rows, lines, quart, cells, png) -> str:
         for cid, q in quart.iterrows():
             out.append(f"| {labels[cid]} | " + " | ".join(_fmt(q[k], ".2f") for k in ["Q1", "Q2", "Q3", "Q4"]) + " |")
     if png:
-        out += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in png]
+        out += ["", "## Plots", ""] + [f"![{p.removesuffix('.png')}]({p})" for p in png]
     return "\n".join(out) + "\n"
 
 

@@ -1,31 +1,47 @@
 """Run a plan's unfinished cells as Ray tasks: local in-process Ray by default, or an existing cluster.
 
-Finished cells (DONE on disk under their content-hashed id) are skipped, so a second run trains
-nothing and a re-run after failures trains only what is missing.
+Finished cells (DONE under their content-hashed id) are skipped, so a second run trains nothing and a
+re-run after failures trains only what is missing. One driver per results directory (lock.py). DPO's
+reference log-probs are one Ray task whose result every DPO cell takes as an argument.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Callable
 
 from . import storage
+from .lock import ResultsLock
 from .plan import Plan
+from .spec import MatrixError, ResourceSpec
 
 Callback = Callable[[dict], None]
+RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing")
 
 
-def _cell_task(cell_id, config, model_spec, train_rows, heldout_rows, results, threads):
+def _quiet_torch(threads: int) -> None:
     import warnings
 
     import torch
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(max(1, threads))
-    from .train import run_cell
 
-    return run_cell(cell_id, config, model_spec, train_rows, heldout_rows, results)
+
+def _cell_task(cell_id, config, model_spec, train_rows, heldout_rows, results, threads, runtime, ref=None):
+    _quiet_torch(threads)
+    from .worker import run_cell
+
+    return run_cell(cell_id, config, model_spec, train_rows, heldout_rows, results, runtime, ref)
+
+
+def _reference_task(results, key, config, model_spec, train_rows, heldout_rows, threads):
+    _quiet_torch(threads)
+    from .worker import shared_reference
+
+    return shared_reference(results, key, config, model_spec, train_rows, heldout_rows)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -43,32 +59,90 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
                  logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
 
 
+def task_resources(res: ResourceSpec) -> dict:
+    """The Ray resource request of one cell, as ray.remote options."""
+    opts: dict = {"num_cpus": res.cpus_per_cell, "num_gpus": res.gpus_per_cell}
+    if res.memory_gb:
+        opts["memory"] = int(res.memory_gb * 2**30)
+    if res.accelerator_type:
+        opts["accelerator_type"] = res.accelerator_type
+    if res.custom:
+        opts["resources"] = dict(res.custom)
+    return opts
+
+
+def check_schedulable(res: ResourceSpec) -> None:
+    """Fail within seconds, naming the field, if no node of the cluster could ever run one cell."""
+    import ray
+
+    want = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell, **res.custom}
+    if res.memory_gb:
+        want["memory"] = res.memory_gb * 2**30
+    if res.accelerator_type:
+        want[f"accelerator_type:{res.accelerator_type}"] = 0.001
+    want = {k: v for k, v in want.items() if v}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in want.items()) for node in nodes):
+        return
+    field = {"CPU": "cpus_per_cell", "GPU": "gpus_per_cell", "memory": "memory_gb"}
+    short = sorted({k for k, v in want.items() if not any(node.get(k, 0) >= v for node in nodes)})
+    names = [field.get(k, "accelerator_type" if k.startswith("accelerator_type:") else f"custom.{k}") for k in short]
+    have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
+                               and k != "object_store_memory") for n in nodes) or "no alive nodes"
+    raise MatrixError([
+        f"resources: no node can ever run a cell: it asks for {', '.join(f'{k}={v:g}' for k, v in want.items())} "
+        f"({', '.join('resources.' + n for n in names)} too large or absent). Nodes have: {have}. "
+        "Lower the request or add a node that has it."
+    ])
+
+
 def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], None] | None = None,
              on_done: Callback | None = None, num_cpus: int | None = None) -> list[dict]:
     """Train every cell not yet done; return the cell.json of each cell run now."""
+    with ResultsLock(plan.results):
+        # Under the lock no other driver is training here, so a running/ marker is left over from a killed run.
+        for info in plan.results.listdir("running"):
+            plan.results.delete(f"running/{info.base_name}")
+        plan.write()
+        status = plan.status()
+        todo = [c for c in plan.cells if status[c.id] != "done"]
+        if on_start:
+            on_start(len(todo))
+        if not todo:
+            return []
+        with _sigterm_as_interrupt():
+            return _run_cells(plan, todo, address, on_done, num_cpus)
+
+
+def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
     import ray
 
-    plan.results.mkdir(parents=True, exist_ok=True)
-    plan.write()
-    status = plan.status()
-    todo = [c for c in plan.cells if status[c.id] != "done"]
-    if on_start:
-        on_start(len(todo))
-    if not todo:
-        return []
     init_ray(address, num_cpus)
     res = plan.spec.resources
-    task = ray.remote(_cell_task).options(
-        num_cpus=res.cpus_per_cell, num_gpus=res.gpus_per_cell, max_retries=res.max_retries,
-        retry_exceptions=False, name="ablate-cell",
-    )
+    check_schedulable(res)
+    opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
+    task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
+    threads = max(1, int(res.cpus_per_cell))
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
     model_spec = plan.spec.model.model_dump(mode="json")
-    refs = {
-        task.remote(c.id, c.config, model_spec, train_ref, held_ref, str(plan.results.resolve()),
-                    int(res.cpus_per_cell)): c
-        for c in todo
-    }
+    runtime = {**{k: getattr(plan.spec.train, k) for k in RUNTIME_KEYS}, "max_oom_retries": res.max_oom_retries}
+    results = plan.results.uri
+
+    from .losses import OBJECTIVES
+    from .worker import reference_key
+
+    references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
+    for c in todo:
+        if OBJECTIVES[c.params["objective"]].needs_reference:
+            key = reference_key(c.config)
+            if key not in references:
+                references[key] = ray.remote(_reference_task).options(name="ablate-reference", **opts).remote(
+                    results, key, c.config, model_spec, train_ref, held_ref, threads)
+
+    refs = {}
+    for c in todo:
+        shared = references.get(reference_key(c.config)) if OBJECTIVES[c.params["objective"]].needs_reference else None
+        refs[task.remote(c.id, c.config, model_spec, train_ref, held_ref, results, threads, runtime, shared)] = c
     finished: list[dict] = []
     pending = list(refs)
     try:
@@ -78,9 +152,10 @@ def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], N
                 cell = refs[ref]
                 try:
                     out = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a lost worker after its retries
+                except Exception as e:  # noqa: BLE001 - a lost worker after its retries, or a failed reference
+                    cause = getattr(e, "cause", None) or e
                     out = {"id": cell.id, "params": cell.params, "config": cell.config, "status": "failed",
-                           "error_type": type(e).__name__, "error": (str(e).splitlines() or [""])[0]}
+                           "error_type": type(cause).__name__, "error": (str(cause).splitlines() or [""])[0]}
                     storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
                 out["label"] = cell.label
                 finished.append(out)
@@ -89,8 +164,30 @@ def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], N
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
+        for c in todo:  # the killed workers could not clear their own heartbeats
+            storage.clear_running(plan.results, c.id)
         raise
     return finished
+
+
+class _sigterm_as_interrupt:
+    """`ablate cancel` and schedulers stop a driver with SIGTERM: treat it like Ctrl-C (cancel, keep what's done)."""
+
+    def __enter__(self):
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
 
 
 def shutdown() -> None:

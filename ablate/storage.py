@@ -1,104 +1,285 @@
-"""The results layout on disk, and writes that never leave a half-written cell looking finished.
+"""The results layout on any filesystem pyarrow.fs understands, and writes that never leave a half-written
+cell looking finished.
 
-results/<matrix name>/cells/<cell id>/  cell.json train_log.jsonl eval_log.jsonl pairs.parquet adapter/
-                                        error.txt (failed only)  DONE (written last)
-results/<matrix name>/plan.json cells.parquet pairs.parquet report.md *.png
-A cell is built in a temporary sibling directory and renamed into place with DONE already inside,
-so a directory named after a cell id either is complete or says why it failed.
+<results>/<matrix name>/ plan.json cells.parquet pairs.parquet report.md *.png LOCK
+    cells/<cell id>/     cell.json train_log.jsonl eval_log.jsonl pairs.parquet adapter/
+                         error.txt (failed only)   DONE (written last)
+    running/<cell id>.json   a heartbeat while a worker trains the cell
+    checkpoints/<cell id>.pt mid-cell checkpoint, removed once the cell is published
+    refcache/<key>.pt        DPO reference log-probs shared by every cell with the same model and data
+
+<results> is a local path or a URI (s3://…, gs://…, file://…); credentials come from the environment.
+Locally a cell is built in a temporary sibling directory and renamed into place with DONE inside; on
+an object store its files are uploaded first and DONE last. Either way a cell counts as done only
+when DONE exists, and DONE is never written before everything else.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 DONE = "DONE"
+HEARTBEAT_S = 10.0      # how often a training worker refreshes its running/ marker
+STALE_AFTER_S = 60.0    # a marker older than this belongs to a worker that is gone
 
 
-def cells_root(results: Path) -> Path:
-    return Path(results) / "cells"
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
 
 
-def cell_dir(results: Path, cell_id: str) -> Path:
-    return cells_root(results) / cell_id
+class Store:
+    """One directory (a results root or one matrix's results) on a pyarrow filesystem."""
+
+    def __init__(self, location: str | Path, _fs: pafs.FileSystem | None = None):
+        location = str(location)
+        if _fs is not None:
+            self.fs, self.root = _fs, location
+        elif is_uri(location):
+            self.fs, self.root = pafs.FileSystem.from_uri(location)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.uri = self.root if self.local else location.rstrip("/")
+        self.root = self.root.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def child(self, rel: str) -> Store:
+        s = Store(f"{self.root}/{rel}", _fs=self.fs)
+        s.uri = f"{self.uri}/{rel}"
+        return s
+
+    def path(self, rel: str = "") -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def local_path(self, rel: str = "") -> Path:
+        assert self.local, "only a local store has local paths"
+        return Path(self.path(rel))
+
+    # -- reads ---------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def is_file(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read()
+
+    def read_json(self, rel: str) -> Any | None:
+        try:
+            return json.loads(self.read_bytes(rel))
+        except (FileNotFoundError, json.JSONDecodeError):  # absent, or a torn marker from a killed writer
+            return None
+
+    def listdir(self, rel: str = "", recursive: bool = False) -> list[pafs.FileInfo]:
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True, recursive=recursive)
+        return self.fs.get_file_info(sel)
+
+    # -- writes --------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Readers see the old content or the new one, never a torn file: a local write goes to a temporary
+        name and is renamed; an object-store PUT is atomic by itself."""
+        if self.local:
+            path = self.local_path(rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with self.fs.open_output_stream(self.path(rel)) as f:
+                f.write(data)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self.write_bytes(rel, text.encode())
+
+    def delete(self, rel: str) -> None:
+        try:
+            info = self.fs.get_file_info(self.path(rel))
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(self.path(rel))
+            elif info.type == pafs.FileType.File:
+                self.fs.delete_file(self.path(rel))
+        except FileNotFoundError:
+            pass
+
+    def upload_dir(self, local_dir: Path, rel: str, skip: set[str] = frozenset()) -> None:
+        for f in sorted(Path(local_dir).rglob("*")):
+            if f.is_file() and f.name not in skip:
+                self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
+
+    def download_dir(self, rel: str, local_dir: Path) -> None:
+        base = self.path(rel)
+        for info in self.listdir(rel, recursive=True):
+            if info.type == pafs.FileType.File:
+                dest = Path(local_dir) / info.path[len(base) + 1:]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(self.read_bytes(info.path[len(self.root) + 1:]))
 
 
-def cell_status(results: Path, cell_id: str) -> str:
-    d = cell_dir(results, cell_id)
-    if (d / DONE).is_file():
-        return "done"
-    if (d / "error.txt").is_file():
-        return "failed"
-    return "pending"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def as_store(results: str | Path | Store) -> Store:
+    return results if isinstance(results, Store) else Store(results)
 
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def new_cell_staging(results: Path, cell_id: str) -> Path:
-    d = cells_root(results) / f".tmp-{cell_id}-{uuid.uuid4().hex[:8]}"
-    d.mkdir(parents=True)
-    return d
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    Store(Path(path).parent).write_bytes(Path(path).name, data)
 
 
-def publish_cell(results: Path, cell_id: str, staging: Path) -> Path:
-    """Write DONE into the staging dir, then move it to the cell's final name."""
-    (staging / DONE).write_text("")
-    final = cell_dir(results, cell_id)
-    if final.exists():
-        if (final / DONE).exists():  # someone else finished it first; theirs stands
-            shutil.rmtree(staging, ignore_errors=True)
-            return final
-        shutil.rmtree(final)  # an earlier failed attempt
-    os.replace(staging, final)
-    return final
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
-def publish_failure(results: Path, cell_id: str, cell_json: dict, error_text: str) -> None:
-    staging = new_cell_staging(results, cell_id)
+# -- cell states -------------------------------------------------------------------------------
+
+def cell_states(results: str | Path | Store, ids: list[str] | None = None) -> dict[str, str]:
+    """pending / running / done / failed for each cell, from one listing of cells/ and running/."""
+    store = as_store(results)
+    root = store.path("cells") + "/"
+    files: dict[str, set[str]] = {}
+    for info in store.listdir("cells", recursive=True):
+        rel = info.path[len(root):] if info.path.startswith(root) else info.path
+        cid, _, name = rel.partition("/")
+        if name in (DONE, "error.txt"):
+            files.setdefault(cid, set()).add(name)
+    running = {Path(i.path).stem for i in store.listdir("running") if i.path.endswith(".json")}
+    now = time.time()
+    out: dict[str, str] = {}
+    for cid in ids if ids is not None else sorted(files.keys() | running):
+        got = files.get(cid, set())
+        if DONE in got:
+            out[cid] = "done"
+        elif cid in running and _alive(store.read_json(f"running/{cid}.json"), now):
+            out[cid] = "running"
+        elif "error.txt" in got:
+            out[cid] = "failed"
+        else:
+            out[cid] = "pending"
+    return out
+
+
+def cell_status(results: str | Path | Store, cell_id: str) -> str:
+    return cell_states(results, [cell_id])[cell_id]
+
+
+def _alive(marker: dict | None, now: float) -> bool:
+    return bool(marker) and now - float(marker.get("heartbeat", 0)) < STALE_AFTER_S
+
+
+def write_running(store: Store, cell_id: str, info: dict) -> None:
+    store.write_text(f"running/{cell_id}.json", json.dumps({**info, "heartbeat": time.time()}))
+
+
+def clear_running(store: Store, cell_id: str) -> None:
+    store.delete(f"running/{cell_id}.json")
+
+
+# -- publishing a cell -------------------------------------------------------------------------
+
+def new_cell_staging(store: Store, cell_id: str) -> Path:
+    """Where a worker writes a cell before publishing: beside the cell locally, so a rename publishes it."""
+    if store.local:
+        d = store.local_path("cells") / f".tmp-{cell_id}-{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True)
+        return d
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=f"ablate-{cell_id}-"))
+
+
+def _publish(store: Store, cell_id: str, staging: Path, done: bool) -> bool:
+    """Move a staged cell into place; returns False if a finished copy already stands (theirs wins)."""
+    rel = f"cells/{cell_id}"
+    if store.is_file(f"{rel}/{DONE}"):
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    if done:
+        (staging / DONE).write_text("")
+    if store.local:
+        final = store.local_path(rel)
+        if final.exists():
+            shutil.rmtree(final)  # an earlier failed attempt
+        os.replace(staging, final)
+    else:
+        store.delete(rel)  # an earlier failed attempt: gone before the new files land
+        store.upload_dir(staging, rel, skip={DONE})
+        if done:
+            store.write_bytes(f"{rel}/{DONE}", b"")
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def publish_cell(store: Store, cell_id: str, staging: Path) -> bool:
+    """Publish a finished cell with DONE last, then drop its heartbeat and checkpoint."""
+    ok = _publish(store, cell_id, staging, done=True)
+    store.delete(checkpoint_key(cell_id))
+    return ok
+
+
+def publish_failure(results: str | Path | Store, cell_id: str, cell_json: dict, error_text: str) -> None:
+    store = as_store(results)
+    staging = new_cell_staging(store, cell_id)
     (staging / "cell.json").write_text(dump_json(cell_json))
     (staging / "error.txt").write_text(error_text)
-    final = cell_dir(results, cell_id)
-    if final.exists():
-        if (final / DONE).exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            return
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    _publish(store, cell_id, staging, done=False)
 
 
-def read_cell_json(results: Path, cell_id: str) -> dict | None:
-    p = cell_dir(results, cell_id) / "cell.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+def read_cell_json(results: str | Path | Store, cell_id: str) -> dict | None:
+    return as_store(results).read_json(f"cells/{cell_id}/cell.json")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
+def read_jsonl(store: Store, rel: str) -> list[dict]:
+    try:
+        text = store.read_bytes(rel).decode()
+    except FileNotFoundError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def check_results_dir(results: Path) -> list[str]:
+def checkpoint_key(cell_id: str) -> str:
+    return f"checkpoints/{cell_id}.pt"
+
+
+def read_parquet(store: Store, rel: str):
+    import pandas as pd
+
+    return pd.read_parquet(io.BytesIO(store.read_bytes(rel)))
+
+
+def host_info() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def check_results_dir(results: str | Path) -> list[str]:
     """Problems that would stop us writing results, found before any training."""
+    if is_uri(results):
+        try:
+            store = Store(results)
+            store.listdir()
+        except (OSError, ValueError) as e:
+            return [f"storage: cannot use {results}: {str(e).splitlines()[0]}"]
+        return []
     results = Path(results)
     for p in [results, *results.parents]:
         if p.exists():

@@ -1,26 +1,25 @@
-"""run_cell: the one recipe. Load model and data → LoRA → train (only the loss differs) → held-out eval
-→ write the cell directory atomically, DONE last.
+"""train_cell: the one recipe. Load model and data → LoRA → train (only the loss differs) → held-out eval
+→ write logs, per-pair results and the adapter into a staging directory.
 
-Runs inside a Ray task on a worker, or directly in-process (tests, notebooks).
+worker.py wraps it with what a cluster needs (heartbeat, OOM retries, checkpoints, publishing).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
-import shutil
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from . import storage
+from .checkpoint import Checkpointer
 from .data import Pair, collate, encode
 from .losses import OBJECTIVES, LogProbs, token_logprobs
 from .models import load_model, load_tokenizer
@@ -99,18 +98,61 @@ def _peak_memory_mb(device) -> float:
     return kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict], staging: Path
-               ) -> dict[str, Any]:
-    """Train and evaluate one cell, writing its logs, pairs and adapter into `staging`. Returns its summary."""
+def reference_logps(model_spec: dict, config: dict, train_rows: list[dict], heldout_rows: list[dict]
+                    ) -> dict[str, dict[str, torch.Tensor]]:
+    """DPO's reference log-probs (the frozen base model) for every train and held-out pair. They depend only
+    on model, data, lengths and eval batch — not on rank, β or seed — so one computation serves every DPO
+    cell (see worker.reference_key)."""
+    device = _device()
+    mspec = ModelSpec(**model_spec)
+    tok = load_tokenizer(mspec)
+    d = config["data"]
+    model = load_model(mspec, device).eval()
+    pairs = {s: encode(rows, tok, d["max_length"], d["prompt_budget"], f"data.{s}")
+             for s, rows in (("train", train_rows), ("heldout", heldout_rows))}
+    return _reference(model, pairs, config["train"]["eval_batch_size"], tok.pad_token_id, device)
+
+
+def _reference(model, pairs: dict[str, list[Pair]], batch_size: int, pad: int, device) -> dict:
+    return {s: _all_logps(model, ps, batch_size, pad, device) for s, ps in pairs.items()}
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _oom_hook(micro: int) -> None:
+    """Test hook: simulate a GPU OOM on CPU when the micro-batch is above ABLATE_TEST_OOM_ABOVE."""
+    limit = os.environ.get("ABLATE_TEST_OOM_ABOVE")
+    if limit is not None and micro > int(limit):
+        raise torch.OutOfMemoryError(f"simulated CUDA out of memory at micro-batch {micro} (ABLATE_TEST_OOM_ABOVE)")
+
+
+def _kill_hook(step: int, resumed: bool) -> None:
+    """Test hook: die like a preempted node (no cleanup, no exception) at step ABLATE_TEST_KILL_AT_STEP
+    of a cell's first attempt, so Ray retries it and the retry resumes from the checkpoint."""
+    at = os.environ.get("ABLATE_TEST_KILL_AT_STEP")
+    if at is not None and step == int(at) and not resumed:
+        os._exit(137)
+
+
+def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict], staging: Path,
+               ref: dict | None = None, micro_batch: int | None = None, checkpoint: Checkpointer | None = None,
+               runtime: dict | None = None) -> dict[str, Any]:
+    """Train and evaluate one cell, writing its logs, pairs and adapter into `staging`. Returns its summary.
+
+    `ref` holds DPO's reference log-probs (see reference_logps); `micro_batch` overrides batch_size/grad_accum
+    (same effective batch) after an OOM; `checkpoint` saves and restores the full training state."""
     from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
     p, t = config["params"], config["train"]
+    runtime = runtime or {}
     objective = OBJECTIVES[p["objective"]]
     seed = int(p["seed"])
     random.seed(seed)
     torch.manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device()
 
     mspec = ModelSpec(**model_spec)
     tok = load_tokenizer(mspec)
@@ -125,17 +167,22 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         r=p["lora_rank"], lora_alpha=lora["alpha_over_rank"] * p["lora_rank"], lora_dropout=lora["dropout"],
         target_modules=lora["targets"], task_type="CAUSAL_LM",
     ))
+    if runtime.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
 
-    ref_train = ref_held = None
-    if objective.needs_reference:
+    t_ref = time.perf_counter()
+    if objective.needs_reference and ref is None:  # not shared by the runner: the policy with its adapter off
         model.eval()
         with model.disable_adapter():
-            ref_train = _all_logps(model, train_pairs, t["eval_batch_size"], pad, device)
-            ref_held = _all_logps(model, held_pairs, t["eval_batch_size"], pad, device)
+            ref = _reference(model, {"train": train_pairs, "heldout": held_pairs}, t["eval_batch_size"], pad, device)
+    ref_seconds = time.perf_counter() - t_ref
+    ref_train = ref["train"] if objective.needs_reference else None
+    ref_held = ref["heldout"] if objective.needs_reference else None
 
-    bs, accum = t["batch_size"], t["grad_accum"]
-    micro = bs // accum
+    bs = t["batch_size"]
+    micro = micro_batch or bs // t["grad_accum"]
     steps_per_epoch = math.ceil(len(train_pairs) / bs)
     total_steps = t["max_steps"] or steps_per_epoch * t["epochs"]
     params = [x for x in model.parameters() if x.requires_grad]
@@ -144,48 +191,61 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
                           num_training_steps=total_steps)
     gen = torch.Generator().manual_seed(seed)
     eval_every = t["eval_steps"] or max(1, total_steps // 4)
-
-    train_log, eval_log = [], []
     es = t.get("early_stopping")
-    best, since_best, stopped_early = None, 0, False
-    tokens, step, t0 = 0, 0, time.perf_counter()
+
+    # Everything a resumed cell needs to continue exactly where it stopped.
+    st = {"step": 0, "order": None, "pos": 0, "train_log": [], "eval_log": [], "best": None, "since_best": 0,
+          "stopped_early": False, "tokens": 0, "seconds": 0.0}
+    resumed_from = checkpoint.restore(model, opt, sched, gen, st) if checkpoint else None
+
+    t0 = time.perf_counter() - st["seconds"]
     model.train()
-    while step < total_steps and not stopped_early:
-        order = torch.randperm(len(train_pairs), generator=gen).tolist()
-        for s in range(0, len(order), bs):
-            if step >= total_steps or stopped_early:
-                break
-            idx = order[s : s + bs]
-            opt.zero_grad(set_to_none=True)
-            stats = []
-            for m in range(0, len(idx), micro):
-                b = collate(train_pairs, idx[m : m + micro], pad).to(device)
-                total, avg, _ = _forward(model, b)
-                c, r = _sides(total, avg, len(b.index), ref_train, torch.tensor(b.index))
-                loss, cr, rr = objective(c, r, p)
-                (loss.sum() / len(idx)).backward()
-                tokens += int(b.attention_mask.sum())
-                stats.append((loss.detach(), cr, rr, c, r))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
-            opt.step()
-            sched.step()
-            step += 1
-            if step % t["logging_steps"] == 0 or step == 1 or step == total_steps:
-                cat = lambda f: torch.cat([f(x) for x in stats])  # noqa: E731
-                c = LogProbs(cat(lambda x: x[3].sum), cat(lambda x: x[3].avg))
-                r = LogProbs(cat(lambda x: x[4].sum), cat(lambda x: x[4].avg))
-                row = _metrics("", cat(lambda x: x[0]), cat(lambda x: x[1]), cat(lambda x: x[2]), c, r, p["objective"])
-                row.update(step=step, epoch=step / steps_per_epoch, learning_rate=sched.get_last_lr()[0],
-                           grad_norm=float(grad_norm))
-                train_log.append(row)
-            if step % eval_every == 0 and step != total_steps:
-                m_eval, _ = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
-                eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
-                if es:  # lower is better for the loss, higher for accuracy and margins
-                    value = m_eval[es["metric"]] * (1 if es["metric"] == "eval_loss" else -1)
-                    best, since_best = (value, 0) if best is None or value < best else (best, since_best + 1)
-                    stopped_early = since_best >= es["patience"]
+    while st["step"] < total_steps and not st["stopped_early"]:
+        if st["order"] is None or st["pos"] >= len(st["order"]):  # a new epoch
+            st["order"], st["pos"] = torch.randperm(len(train_pairs), generator=gen).tolist(), 0
+        idx = st["order"][st["pos"] : st["pos"] + bs]
+        st["pos"] += bs
+        opt.zero_grad(set_to_none=True)
+        stats = []
+        for m in range(0, len(idx), micro):
+            _oom_hook(micro)
+            b = collate(train_pairs, idx[m : m + micro], pad).to(device)
+            total, avg, _ = _forward(model, b)
+            c, r = _sides(total, avg, len(b.index), ref_train, torch.tensor(b.index))
+            loss, cr, rr = objective(c, r, p)
+            (loss.sum() / len(idx)).backward()
+            st["tokens"] += int(b.attention_mask.sum())
+            stats.append((loss.detach(), cr, rr, c, r))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+        opt.step()
+        sched.step()
+        st["step"] = step = st["step"] + 1
+        if step % t["logging_steps"] == 0 or step == 1 or step == total_steps:
+            cat = lambda f: torch.cat([f(x) for x in stats])  # noqa: E731
+            c = LogProbs(cat(lambda x: x[3].sum), cat(lambda x: x[3].avg))
+            r = LogProbs(cat(lambda x: x[4].sum), cat(lambda x: x[4].avg))
+            row = _metrics("", cat(lambda x: x[0]), cat(lambda x: x[1]), cat(lambda x: x[2]), c, r, p["objective"])
+            row.update(step=step, epoch=step / steps_per_epoch, learning_rate=sched.get_last_lr()[0],
+                       grad_norm=float(grad_norm))
+            st["train_log"].append(row)
+        if step % eval_every == 0 and step != total_steps:
+            m_eval, _ = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
+            st["eval_log"].append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
+            if es:  # lower is better for the loss, higher for accuracy and margins
+                value = m_eval[es["metric"]] * (1 if es["metric"] == "eval_loss" else -1)
+                if st["best"] is None or value < st["best"]:
+                    st["best"], st["since_best"] = value, 0
+                else:
+                    st["since_best"] += 1
+                st["stopped_early"] = st["since_best"] >= es["patience"]
+        if checkpoint and step < total_steps and not st["stopped_early"] and checkpoint.due(step):
+            st["seconds"] = time.perf_counter() - t0
+            checkpoint.save(model, opt, sched, gen, st)
+        if checkpoint:
+            checkpoint.progress(step, total_steps)
+        _kill_hook(step, resumed_from is not None)
     train_seconds = time.perf_counter() - t0
+    step, train_log, eval_log = st["step"], st["train_log"], st["eval_log"]
 
     m_eval, pair_rows = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
     eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
@@ -208,35 +268,16 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         "truncated_train_pairs": sum(pp.truncated for pp in train_pairs),
         "truncated_heldout_pairs": sum(pp.truncated for pp in held_pairs),
         "steps": step,
-        "stopped_early": stopped_early,
+        "stopped_early": st["stopped_early"],
         "train_seconds": train_seconds,
-        "tokens_per_second": tokens / train_seconds if train_seconds > 0 else float("nan"),
+        "reference_seconds": ref_seconds,
+        "tokens_per_second": st["tokens"] / train_seconds if train_seconds > 0 else float("nan"),
         "peak_memory_mb": _peak_memory_mb(device),
         "trainable_params": trainable,
         "device": str(device),
+        "micro_batch": micro,
+        "grad_accum": -(-bs // micro),
+        "resumed_from_step": resumed_from,
     }
 
 
-def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict],
-             results: str) -> dict:
-    """Train one cell and publish it; on an exception, publish the failure with its traceback.
-
-    Returns the cell.json content. Exceptions from user data or code are recorded, not re-raised, so
-    Ray's retries are spent only on lost workers and nodes.
-    """
-    results_path = Path(results)
-    cell_json = {"id": cell_id, "params": config["params"], "config": config, "model_spec": model_spec,
-                 "status": "running",
-                 "torch_version": torch.__version__}
-    staging = storage.new_cell_staging(results_path, cell_id)
-    try:
-        summary = train_cell(config, model_spec, train_rows, heldout_rows, staging)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
-        shutil.rmtree(staging, ignore_errors=True)
-        cell_json.update(status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else "")
-        storage.publish_failure(results_path, cell_id, cell_json, traceback.format_exc())
-        return cell_json
-    cell_json.update(status="done", **summary)
-    (staging / "cell.json").write_text(storage.dump_json(cell_json))
-    storage.publish_cell(results_path, cell_id, staging)
-    return cell_json

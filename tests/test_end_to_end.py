@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ablate.builtin import letters_task
-from ablate.train import run_cell
+from ablate.worker import run_cell
 from conftest import small_matrix
 
 TRL_TRAIN = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -171,7 +171,6 @@ def test_report_shows_per_seed_spread(tmp_path):
     p = tmp_path / "m.yaml"
     p.write_text(json.dumps(m))
     plan = make_plan(p, results=tmp_path / "r")
-    plan.results.mkdir(parents=True)
     plan.write()
     for c in plan.cells:
         assert run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
