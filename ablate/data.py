@@ -22,35 +22,117 @@ from .spec import BuiltinData, MatrixError
 Row = dict[str, Any]
 
 
+class Rows(list):
+    """Rows read from a file, remembering the file and each row's line so later checks can say file:line.
+
+    A plain list in every other respect (builtin data is a plain list)."""
+
+    def __init__(self, rows=(), source: str | None = None, lines: list[int] | None = None):
+        super().__init__(rows)
+        self.source = source
+        self.lines = list(lines or [])
+
+
+def row_where(rows: list[Row], i: int) -> str:
+    """'file:line' of the 0-based row i when the rows came from a file, else 'row i+1'."""
+    if isinstance(rows, Rows) and rows.source and i < len(rows.lines):
+        return f"{rows.source}:{rows.lines[i]}"
+    return f"row {i + 1}"
+
+
+def is_uri(source: str) -> bool:
+    return "://" in source
+
+
+def _display(source: str) -> str:
+    """A URI without its query string or user:password@ (either may carry keys); a path as given."""
+    if not is_uri(source):
+        return source
+    scheme, _, rest = source.split("?", 1)[0].partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path}"
+
+
+_EXPECTED = "expected a JSONL file of prompt/chosen/rejected rows"
+
+
+def _read_bytes(source: str, split: str) -> bytes:
+    """The file's bytes, from a local path or a pyarrow.fs URI; one-line MatrixErrors for what goes wrong."""
+    shown = _display(source)
+    if not is_uri(source):
+        path = Path(source)
+        if path.is_dir():
+            raise MatrixError([f"data.{split}: {source}: is a directory ({_EXPECTED})"])
+        if not path.is_file():
+            raise MatrixError([f"data.{split}: {source}: no such file ({_EXPECTED})"])
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            raise MatrixError([f"data.{split}: {source}: cannot read ({e.strerror or e})"]) from None
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(source)
+    except (ValueError, OSError, NotImplementedError) as e:  # ArrowInvalid is a ValueError
+        raise MatrixError([f"data.{split}: {shown}: not a URI ablate can read ({_first_line(e, source)}); use a "
+                           "local path or s3://, gs://, file:///absolute/path"]) from None
+    try:
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise MatrixError([f"data.{split}: {shown}: no such object ({_EXPECTED})"])
+        if kind == pafs.FileType.Directory:
+            raise MatrixError([f"data.{split}: {shown}: is a directory ({_EXPECTED})"])
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except MatrixError:
+        raise
+    except FileNotFoundError:
+        raise MatrixError([f"data.{split}: {shown}: no such object ({_EXPECTED})"]) from None
+    except (OSError, ValueError) as e:  # unreachable endpoint, refused credentials, ...
+        raise MatrixError([f"data.{split}: {shown}: cannot read ({_first_line(e, source)}); check the URI, the endpoint "
+                           "(AWS_ENDPOINT_URL or ?endpoint_override=) and the credentials in the environment"]) from None
+
+
+def _first_line(e: BaseException, source: str) -> str:
+    text = " ".join(str(e).replace(source, _display(source)).split())  # pyarrow errors can span lines; keep one
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
-    """Raw rows, with every problem in the file collected into one MatrixError."""
+    """Raw rows, with every problem in the file collected into one MatrixError.
+
+    `source` is builtin data, a local JSONL path or a URI pyarrow.fs understands (s3://, gs://, file://...);
+    credentials and endpoints come from the environment the usual way (AWS_*, GOOGLE_APPLICATION_CREDENTIALS)
+    or from the URI's query (e.g. s3://bucket/key.jsonl?endpoint_override=host:9000&scheme=http)."""
     if isinstance(source, BuiltinData):
         return builtin_rows(source, split)
     if source.startswith("builtin:"):
         raise MatrixError([f"data.{split}: {source!r}: builtin data is written as a mapping, e.g. {{builtin: letters}}"])
-    path = Path(source)
-    if not path.is_file():
-        raise MatrixError([f"data.{split}: {source}: no such file (expected a JSONL file of prompt/chosen/rejected)"])
+    raw = _read_bytes(source, split)
+    shown = _display(source)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise MatrixError([f"{source}: not UTF-8 text (byte {e.start})"]) from None
-    rows, problems = [], []
+        line = raw[: e.start].count(b"\n") + 1
+        raise MatrixError([f"{shown}:{line}: data.{split}: not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
+    rows, lines, problems = [], [], []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{source}:{i}: not valid JSON ({e.msg})")
+            problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
+                            "a JSONL file holds one JSON object per line")
             continue
-        problems += [f"{source}:{i}: {p}" for p in _row_problems(row)]
+        problems += [f"{shown}:{i}: {p}" for p in _row_problems(row)]
         rows.append(row)
+        lines.append(i)
     if not rows and not problems:
-        problems.append(f"{source}: no pairs (the {split} set must not be empty)")
+        problems.append(f"{shown}: data.{split}: no pairs; the {split} set needs at least one prompt/chosen/rejected line")
     if problems:
         raise MatrixError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []))
-    return rows
+    return Rows(rows, shown, lines)
 
 
 def _row_problems(row: Any) -> list[str]:
@@ -66,11 +148,11 @@ def _row_problems(row: Any) -> list[str]:
             if not all(isinstance(m, dict) and "role" in m and "content" in m for m in v):
                 out.append(f"{k}: a message list must hold {{role, content}} objects")
             elif k != "prompt" and not v:
-                out.append(f"{k}: empty completion")
+                out.append(f"{k}: empty completion; a completion must be non-empty text or messages")
         elif not isinstance(v, str):
             out.append(f"{k}: must be a string or a list of messages, got {type(v).__name__}")
         elif k != "prompt" and not v.strip():
-            out.append(f"{k}: empty completion")
+            out.append(f"{k}: empty completion; a completion must be non-empty text")
     if not out and row["chosen"] == row["rejected"]:
         out.append("chosen == rejected; a pair must differ")
     return out
@@ -86,11 +168,14 @@ def rows_hash(rows: list[Row]) -> str:
 
 def check_leakage(train: list[Row], heldout: list[Row], where: str) -> list[str]:
     key = lambda r: json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True)  # noqa: E731
-    seen = {key(r) for r in train}
-    dup = [i for i, r in enumerate(heldout, 1) if key(r) in seen]
+    seen: dict[str, int] = {}
+    for j, r in enumerate(train):
+        seen.setdefault(key(r), j)
+    dup = [(i, seen[key(r)]) for i, r in enumerate(heldout) if key(r) in seen]
     if dup:
-        return [f"{where}: {len(dup)} held-out pair(s) also appear in the training set (first: held-out row {dup[0]}); "
-                "held-out pairs must be unseen"]
+        i, j = dup[0]
+        return [f"{where}: {len(dup)} held-out pair(s) also in the training set (first: held-out {row_where(heldout, i)} "
+                f"is training {row_where(train, j)}); held-out pairs must be unseen, so remove them from one set"]
     return []
 
 
@@ -127,12 +212,13 @@ class Pair:
 def encode(rows: list[Row], tokenizer, max_length: int, prompt_budget: int, where: str) -> list[Pair]:
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    pairs, identical = [], []
-    for i, row in enumerate(rows, 1):
+    pairs, identical, shortest = [], [], None
+    for i, row in enumerate(rows):
         p, c, r = render(row, tokenizer)
         pid = bos + tokenizer(p, add_special_tokens=False)["input_ids"]
         cid = tokenizer(c, add_special_tokens=False)["input_ids"] + eos
         rid = tokenizer(r, add_special_tokens=False)["input_ids"] + eos
+        shortest = len(pid) if shortest is None else min(shortest, len(pid))
         truncated = len(pid) > prompt_budget or max(len(cid), len(rid)) > max_length - min(len(pid), prompt_budget)
         pid = pid[-prompt_budget:]
         room = max_length - len(pid)
@@ -140,12 +226,20 @@ def encode(rows: list[Row], tokenizer, max_length: int, prompt_budget: int, wher
         if cid == rid:
             identical.append(i)
         pairs.append(Pair(pid, cid, rid, truncated))
+    problems = []
+    if shortest is not None and shortest > max_length:
+        problems.append(
+            f"{where}: data.max_length={max_length} is shorter than every prompt (shortest: {shortest} tokens), so "
+            f"every prompt would be cut to its last {prompt_budget} tokens; allowed: max_length > {shortest}, "
+            "with room for the completions")
     if identical:
-        raise MatrixError([
+        problems.append(
             f"{where}: {len(identical)} pair(s) have identical chosen and rejected after truncation to "
-            f"max_length={max_length} (prompt keeps its last {prompt_budget} tokens; first: row {identical[0]}); "
-            "raise data.max_length or shorten the prompts"
-        ])
+            f"max_length={max_length} (prompt keeps its last {prompt_budget} tokens; "
+            f"first: {row_where(rows, identical[0])}); "
+            "raise data.max_length or shorten the prompts")
+    if problems:
+        raise MatrixError(problems)
     return pairs
 
 

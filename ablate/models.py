@@ -25,7 +25,11 @@ def check_model_spec(spec: ModelSpec) -> list[str]:
         return [f"model.path: unknown builtin model {spec.path!r}; builtins: "
                 + ", ".join(f"builtin:{n}" for n in builtin.BUILTIN_MODELS)]
     p = Path(spec.path)
-    if name is None and (p.is_absolute() or spec.path.startswith(".")) and not p.is_dir():
+    if name is None and "://" in spec.path:
+        return [f"model.path: {spec.path}: models are not read from URIs; give a builtin, a local model directory "
+                "(at the same path on every worker) or a hub id like org/name"]
+    looks_local = p.is_absolute() or spec.path.startswith((".", "~")) or spec.path.count("/") > 1 or "\\" in spec.path
+    if name is None and looks_local and not p.is_dir():  # a hub id is "name" or "org/name"
         return [f"model.path: {spec.path}: no such directory (give a local model directory or a hub id like org/name)"]
     if name is None and p.is_dir():
         cfg = p / "config.json"

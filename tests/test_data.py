@@ -1,13 +1,19 @@
-"""Data: JSONL checks with file:line, leakage, truncation rule, chat templates, local model dirs."""
+"""Data: JSONL checks with file:line, leakage, truncation rule, chat templates, local model dirs, data by URI."""
+
+import json
+import socket
 
 import pytest
+from typer.testing import CliRunner
 
 from ablate.builtin import builtin_model, builtin_tokenizer, letters_task
 from ablate.data import collate, encode, load_rows
 from ablate.models import load_model, load_tokenizer
 from ablate.plan import make_plan
-from ablate.spec import MatrixError, ModelSpec
+from ablate.cli import app
+from ablate.spec import MatrixError, ModelSpec, load_matrix
 from conftest import small_matrix
+from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
 GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 
@@ -24,7 +30,7 @@ def test_jsonl_problems_are_all_reported_with_lines(write_jsonl):
 
 
 def test_empty_missing_and_non_utf8_files(tmp_path, write_jsonl):
-    with pytest.raises(MatrixError, match="must not be empty"):
+    with pytest.raises(MatrixError, match="heldout set needs at least one"):
         load_rows(str(write_jsonl([], "empty.jsonl")), "heldout")
     with pytest.raises(MatrixError, match="no such file"):
         load_rows(str(tmp_path / "nope.jsonl"), "train")
@@ -38,7 +44,8 @@ def test_leakage_between_train_and_heldout_is_an_error(write_matrix, write_jsonl
     rows = [{"prompt": f"p{i}", "chosen": "abc", "rejected": "xyz"} for i in range(5)]
     m = small_matrix()
     m["data"] = {"train": str(write_jsonl(rows, "tr.jsonl")), "heldout": str(write_jsonl(rows[3:] + [GOOD], "he.jsonl"))}
-    with pytest.raises(MatrixError, match="2 held-out pair"):
+    with pytest.raises(MatrixError, match=r"2 held-out pair\(s\) also in the training set \(first: held-out "
+                                          r"\S*he.jsonl:1 is training \S*tr.jsonl:4\)"):
         make_plan(write_matrix(m), results=tmp_path / "r")
 
 
@@ -51,8 +58,10 @@ def test_truncation_keeps_prompt_end_and_completion_start():
     assert pair.truncated
     (short,) = encode([GOOD], tok, max_length=64, prompt_budget=32, where="t")
     assert not short.truncated and short.chosen[-1] == tok.eos_token_id  # EOS is part of the completion
-    with pytest.raises(MatrixError, match="identical chosen and rejected after truncation"):
+    with pytest.raises(MatrixError, match="identical chosen and rejected after truncation") as e:
         encode(rows, tok, max_length=8, prompt_budget=4, where="t")
+    assert "data.max_length=8 is shorter than every prompt (shortest: 10 tokens)" in e.value.problems[0]
+    encode(rows + [GOOD], tok, max_length=9, prompt_budget=4, where="t")  # one prompt fits: truncation is fine
 
 
 def test_collate_masks_prompt_and_padding():
@@ -113,3 +122,110 @@ def test_builtin_data_is_deterministic_and_length_skewed():
     assert longer >= 45
     shorter = sum(len(r["chosen"]) < len(r["rejected"]) for r in letters_task(50, length_skew=-0.5, seed=3))
     assert shorter >= 45
+
+
+# ---------------------------------------------------------------------------------------------
+# Data by URI (pyarrow.fs): file:// here, s3:// on a loopback S3-compatible server (moto).
+
+ROWS = [{"prompt": f"Q{i}: ", "chosen": "abc" * (i + 1), "rejected": "xyz"} for i in range(6)]
+
+
+def _jsonl(rows) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def test_file_uris_load_like_paths_and_keep_their_messages(tmp_path, write_jsonl, write_matrix):
+    tr, he = write_jsonl(ROWS[:4], "tr.jsonl"), write_jsonl(ROWS[4:], "he.jsonl")
+    m = small_matrix()
+    m["data"] = {"train": tr.as_uri(), "heldout": he.as_uri(), "max_length": 96}
+    spec = load_matrix(write_matrix(m))
+    assert (spec.data.train, spec.data.heldout) == (tr.as_uri(), he.as_uri())  # URIs are not resolved as paths
+    by_uri = make_plan(spec, results=tmp_path / "r")
+    assert by_uri.train_rows == ROWS[:4] and by_uri.heldout_rows == ROWS[4:]
+    m["data"] = {"train": "tr.jsonl", "heldout": "he.jsonl", "max_length": 96}
+    by_path = make_plan(write_matrix(m), results=tmp_path / "r")
+    assert [c.id for c in by_uri.cells] == [c.id for c in by_path.cells]  # content decides the cell ids
+
+    bad = write_jsonl([GOOD, "{not json", {"prompt": "p", "chosen": "a"}], "bad.jsonl")
+    with pytest.raises(MatrixError) as e:
+        load_rows(bad.as_uri(), "train")
+    assert [p.split(": ")[0] for p in e.value.problems] == [f"{bad.as_uri()}:2", f"{bad.as_uri()}:3"]
+    with pytest.raises(MatrixError, match=r"^data.heldout: file:///.*/nope.jsonl: no such object \(expected a JSONL"):
+        load_rows((tmp_path / "nope.jsonl").as_uri(), "heldout")
+    with pytest.raises(MatrixError, match=r"data.train: file://relative/x.jsonl: not a URI ablate can read"):
+        load_rows("file://relative/x.jsonl", "train")
+    with pytest.raises(MatrixError, match=r"data.train: nosuch://b/x.jsonl: not a URI ablate can read"):
+        load_rows("nosuch://b/x.jsonl", "train")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server for this module with fake credentials; yields (endpoint, filesystem) with bucket 'prefs'."""
+    with pytest.MonkeyPatch.context() as mp, s3_server() as endpoint:
+        for k, v in FAKE_AWS_ENV.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        fs = s3_filesystem(endpoint)
+        fs.create_dir("prefs")
+        for key, data in {"train.jsonl": _jsonl(ROWS[:4]), "heldout.jsonl": _jsonl(ROWS[4:]),
+                          "leak.jsonl": _jsonl([ROWS[5], ROWS[1]]),
+                          "bad.jsonl": _jsonl([GOOD, "{not json", {**GOOD, "chosen": ""}]),
+                          "latin1.jsonl": _jsonl([GOOD]) + b'{"prompt": "caf\xe9"}\n'}.items():
+            with fs.open_output_stream(f"prefs/{key}") as f:
+                f.write(data)
+        yield endpoint, fs
+
+
+def test_s3_uris_load_with_endpoint_in_the_query_or_the_environment(s3, monkeypatch):
+    endpoint, _ = s3
+    rows = load_rows(s3_uri(endpoint, "prefs/train.jsonl"), "train")
+    assert rows == ROWS[:4] and rows.source == "s3://prefs/train.jsonl"  # the query (endpoint) is not shown
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{endpoint}")  # the standard variable, honoured by pyarrow
+    assert load_rows("s3://prefs/heldout.jsonl", "heldout") == ROWS[4:]
+
+
+def test_s3_objects_get_the_same_file_line_messages(s3):
+    endpoint, _ = s3
+    with pytest.raises(MatrixError) as e:
+        load_rows(s3_uri(endpoint, "prefs/bad.jsonl"), "train")
+    assert [p.split(": ")[0] for p in e.value.problems] == ["s3://prefs/bad.jsonl:2", "s3://prefs/bad.jsonl:3"]
+    assert "not valid JSON" in e.value.problems[0] and "empty completion" in e.value.problems[1]
+    with pytest.raises(MatrixError, match=r"^s3://prefs/latin1.jsonl:2: data.train: not UTF-8 text"):
+        load_rows(s3_uri(endpoint, "prefs/latin1.jsonl"), "train")
+    for key in ("prefs/nope.jsonl", "no-such-bucket/train.jsonl"):
+        with pytest.raises(MatrixError) as e:
+            load_rows(s3_uri(endpoint, key), "heldout")
+        assert e.value.problems == [f"data.heldout: s3://{key}: no such object "
+                                    "(expected a JSONL file of prompt/chosen/rejected rows)"]
+    with pytest.raises(MatrixError, match="not a URI ablate can read"):
+        load_rows(f"s3://prefs/train.jsonl?bogus=1&endpoint_override={endpoint}", "train")
+    with pytest.raises(MatrixError) as e:  # keys in the URI are used, never shown
+        load_rows(s3_uri(endpoint, "AKID:S3CRET@prefs/nope.jsonl"), "train")
+    assert "s3://prefs/nope.jsonl: no such object" in str(e.value) and "S3CRET" not in str(e.value)
+
+
+def test_matrix_with_s3_data_validates_through_the_cli(s3, write_matrix, tmp_path):
+    endpoint, _ = s3
+    m = small_matrix()
+    m["data"] = {"train": s3_uri(endpoint, "prefs/train.jsonl"), "heldout": s3_uri(endpoint, "prefs/heldout.jsonl"),
+                 "max_length": 96}
+    res = CliRunner().invoke(app, ["validate", str(write_matrix(m)), "--results", str(tmp_path / "r")])
+    assert res.exit_code == 0 and "4 training pairs, 2 held-out pairs" in res.output, res.output
+    m["data"]["heldout"] = s3_uri(endpoint, "prefs/leak.jsonl")
+    res = CliRunner().invoke(app, ["validate", str(write_matrix(m)), "--results", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "held-out s3://prefs/leak.jsonl:2 is training s3://prefs/train.jsonl:2" in res.output, res.output
+
+
+def test_unreachable_store_is_one_clear_line(tmp_path, write_matrix, monkeypatch):
+    for k, v in FAKE_AWS_ENV.items():
+        monkeypatch.setenv(k, v)
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    m = small_matrix()
+    m["data"]["train"] = s3_uri(closed, "prefs/train.jsonl")
+    res = CliRunner().invoke(app, ["validate", str(write_matrix(m)), "--results", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("  ✗")]
+    assert line.startswith("  ✗ data.train: s3://prefs/train.jsonl: cannot read (") and "endpoint" in line, line

@@ -1,0 +1,297 @@
+"""The bad-input catalogue (issue #4 item 8), one table-driven test through the real CLI.
+
+Every case starts from the small valid matrix in conftest, breaks one thing, and runs `ablate run` (a few
+use `validate` or `resume`). Each must be refused before Ray starts: exit code 2, no traceback, one
+message line that names the file, the field or line, and what is allowed. A finished results directory
+is in place before every case, and everything under the test's folder (results, matrix, data) must be
+byte-identical afterwards: rejected input never deletes or alters anything on disk.
+
+Note on the results-location cases: their messages come from storage.check_results_dir, which this file's
+authors do not own. "is not writable" states the requirement but not an alternative, and the check uses
+os.access, which root passes for directories it still cannot create entries in (e.g. /proc); both are
+reported to storage's owner rather than worked around here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+import ablate.runner
+from ablate.builtin import builtin_model
+from ablate.cli import app
+from conftest import small_matrix
+
+GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
+OTHER = {"prompt": "Q: bye\n", "chosen": "def", "rejected": "uvw"}
+CELL = "0123456789ab"  # a fake finished cell of an earlier run
+
+
+@dataclass
+class World:
+    """One case's folder: the matrix (as a dict, or raw text/bytes), data files, results and CLI args."""
+
+    tmp: Path
+    m: dict = field(default_factory=small_matrix)
+    text: str | bytes | None = None  # raw matrix file content instead of dumping `m`
+    results: Path | None = None
+    cmd: str = "run"
+    matrix_arg: Path | None = None  # a matrix path other than the written m.yaml
+
+    @property
+    def matrix(self) -> Path:
+        return self.tmp / "m.yaml"
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        p = self.tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return p
+
+    def jsonl(self, name: str, rows: list) -> Path:
+        return self.file(name, "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+    def data(self, train: list, heldout: list) -> None:
+        """Use JSONL files (relative paths, resolved against the matrix's folder) instead of builtin data."""
+        self.jsonl("tr.jsonl", train)
+        self.jsonl("he.jsonl", heldout)
+        self.m["data"] = {"train": "tr.jsonl", "heldout": "he.jsonl", "max_length": 96}
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[World], None]
+    expect: tuple[str, ...]  # substrings of one problem line; {line} is the line of `line` in the matrix file
+    line: tuple[str, ...] = ()  # needles found one after another in the matrix text (see _line)
+    problems: int = 1
+
+
+def _remote_code_model(w: World) -> None:
+    d = w.tmp / "remote-model"
+    builtin_model("tiny-llama").save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    w.m["model"] = {"path": "remote-model"}
+
+
+def _unwritable_results(w: World) -> None:
+    if os.geteuid() != 0:  # the realistic case: re-running on finished results that are now read-only
+        w.results = w.tmp / "results"
+        (w.results / "t").chmod(0o555)
+    else:  # root ignores file modes; /proc/self refuses new entries even to root
+        w.results = Path("/proc/self/ablate-results")
+
+
+def _matrix_text(w: World, edit: Callable[[str], str]) -> None:
+    w.text = edit(yaml.safe_dump(w.m, sort_keys=False))
+
+
+def _latin1_matrix(w: World) -> None:
+    w.text = yaml.safe_dump(w.m, sort_keys=False).replace("name: t\n", "name: t\n# caf\xe9\n").encode("latin-1")
+
+
+ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, objectives, resources, storage, train"
+
+CASES = [
+    # -- the matrix file itself ----------------------------------------------------------------
+    Case("malformed_yaml",
+         lambda w: _matrix_text(w, lambda t: t.replace("lora_rank:\n  - 4", "lora_rank: [4, 8]]")),
+         ("m.yaml:{line}", "not valid YAML", "a YAML mapping"), line=("lora_rank:",)),
+    Case("yaml_python_tag",
+         lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !!python/object/apply:os.system ['touch pwned']")),
+         ("m.yaml:{line}", "!!python/object", "plain YAML"), line=("name:",)),
+    Case("duplicate_yaml_key",  # PyYAML would silently keep the second `train:`
+         lambda w: _matrix_text(w, lambda t: t + "train:\n  epochs: 3\n"),
+         ("m.yaml:{line}", "train: duplicate key (first at line", "each key may appear once"), line=("^train:", "^train:")),
+    Case("matrix_not_a_mapping", lambda w: setattr(w, "text", "- dpo\n- simpo\n"),
+         ("m.yaml", "YAML mapping", "name, model, data, matrix")),
+    Case("matrix_not_utf8", _latin1_matrix, ("m.yaml:2", "not UTF-8", "save it as UTF-8")),
+    Case("matrix_file_missing", lambda w: setattr(w, "matrix_arg", w.tmp / "nope.yaml"),
+         ("nope.yaml", "no such matrix file", "matrix YAML file")),
+    Case("unknown_top_level_key", lambda w: w.m.update(bogus=1),
+         ("m.yaml:{line}", "bogus: unknown field", ALLOWED_FIELDS), line=("bogus:",)),
+    Case("required_field_missing", lambda w: w.m.pop("model"),
+         ("m.yaml:1", "model: required field is missing", "path (required)")),
+    Case("model_path_missing", lambda w: w.m.update(model={"dtype": "float32"}),
+         ("m.yaml:{line}", "model.path: required field is missing", "builtin:tiny-llama"), line=("model:",)),
+    # -- axes and objectives -------------------------------------------------------------------
+    Case("unknown_objective", lambda w: w.m["matrix"].update(objective=["dpo", "kto"]),
+         ("m.yaml:{line}", "matrix.objective.1", "'dpo', 'simpo' or 'orpo'", "'kto'"), line=("objective:", "- kto")),
+    Case("gamma_on_dpo", lambda w: w.m["objectives"].update(dpo={"beta": 0.1, "gamma": 0.5}),
+         ("m.yaml:{line}", "objectives.dpo.gamma", "allowed here: beta", "gamma belongs to simpo"),
+         line=("dpo:", "gamma:")),
+    Case("lambda_on_simpo", lambda w: w.m["objectives"].update(simpo={"beta": 2.0, "lambda": 0.5}),
+         ("m.yaml:{line}", "objectives.simpo.lambda", "allowed here: beta, gamma, gamma_beta_ratio",
+          "lambda belongs to orpo"), line=("simpo:", "lambda:")),
+    Case("zero_rank", lambda w: w.m["matrix"].update(lora_rank=[0]),
+         ("m.yaml:{line}", "matrix.lora_rank.0", "greater than or equal to 1"), line=("lora_rank:", "- 0")),
+    Case("negative_rank", lambda w: w.m["matrix"].update(lora_rank=[4, -8]),
+         ("m.yaml:{line}", "matrix.lora_rank.1", "greater than or equal to 1", "-8"), line=("lora_rank:", "- -8")),
+    Case("beta_zero", lambda w: w.m["objectives"].update(dpo={"beta": 0}),
+         ("m.yaml:{line}", "objectives.dpo.beta.0", "greater than 0"), line=("dpo:", "beta:")),
+    Case("beta_negative", lambda w: w.m["objectives"].update(simpo={"beta": [2.0, -1.0], "gamma": 0.5}),
+         ("m.yaml:{line}", "objectives.simpo.beta.1", "greater than 0"), line=("simpo:", "- -1.0")),
+    Case("empty_axis", lambda w: w.m["matrix"].update(seed=[]),
+         ("m.yaml:{line}", "matrix.seed", "at least one value"), line=("seed:",)),
+    Case("duplicate_axis_values", lambda w: w.m["matrix"].update(lora_rank=[8, 4, 8]),
+         ("m.yaml:{line}", "matrix.lora_rank", "duplicate values ['8']", "each value must appear once"),
+         line=("lora_rank:",)),
+    Case("unknown_axis", lambda w: w.m["matrix"].update(temperature=[0.7]),
+         ("m.yaml:{line}", "matrix.temperature", "allowed here: epochs, lora_rank, lr, objective, seed"),
+         line=("temperature:",)),
+    Case("batch_size_zero", lambda w: w.m["train"].update(batch_size=0),
+         ("m.yaml:{line}", "train.batch_size", "greater than or equal to 1"), line=("batch_size:",)),
+    Case("epochs_1e9_integer", lambda w: w.m["train"].update(epochs=10**9),
+         ("m.yaml:{line}", "train.epochs", "less than or equal to 1000"), line=("epochs:",)),
+    Case("epochs_1e9_as_written",  # YAML 1.1 reads 1e9 (no dot) as text
+         lambda w: _matrix_text(w, lambda t: t.replace("epochs: 1", "epochs: 1e9")),
+         ("m.yaml:{line}", "train.epochs", "'1e9'", "an integer in [1, 1000]", "write 1.0e+9"), line=("epochs:",)),
+    Case("max_prompt_length_not_below_max_length",
+         lambda w: w.m["data"].update(max_length=64, max_prompt_length=64),
+         ("m.yaml:{line}", "data.max_prompt_length", "must be below max_length (64)"), line=("max_prompt_length:",)),
+    # -- the baseline --------------------------------------------------------------------------
+    Case("baseline_not_in_matrix", lambda w: w.m["decision"].update(baseline={"objective": "orpo"}),
+         ("m.yaml:{line}", "decision.baseline.objective", "'orpo' is not in matrix.objective", "['dpo', 'simpo']"),
+         line=("decision:", "objective:")),
+    Case("baseline_beta_not_in_matrix",
+         lambda w: w.m["decision"].update(baseline={"objective": "dpo", "lora_rank": 4, "beta": 0.3}),
+         ("m.yaml:{line}", "decision.baseline.beta", "0.3", "allowed: [0.1]"), line=("decision:", "beta:")),
+    Case("baseline_cell_missing",  # every value exists, but the baseline's cells are excluded
+         lambda w: w.m.update(exclude=[{"objective": "dpo", "lora_rank": 4}]),
+         ("m.yaml:{line}", "decision.baseline", "exclude[0] removes", "choose a baseline among"),
+         line=("decision:", "baseline:")),
+    Case("baseline_ambiguous",
+         lambda w: (w.m["objectives"].update(dpo={"beta": [0.1, 0.5]}),
+                    w.m["decision"].update(baseline={"objective": "dpo"})),
+         ("m.yaml:{line}", "decision.baseline", "matches 2 configurations", "add keys"), line=("decision:", "baseline:")),
+    Case("exclude_removes_everything", lambda w: w.m.update(exclude=[{"lora_rank": 4}]),
+         ("m.yaml:{line}", "exclude", "removes every cell", "keep at least one"), line=("exclude:",)),
+    # -- the model -----------------------------------------------------------------------------
+    Case("model_dir_missing", lambda w: w.m.update(model={"path": str(w.tmp / "no-such-model")}),
+         ("m.yaml", "model.path", "no-such-model: no such directory", "hub id like org/name")),
+    Case("model_relative_dir_missing", lambda w: w.m.update(model={"path": "models/tiny/v1"}),  # not a hub id
+         ("m.yaml", "model.path", "models/tiny/v1: no such directory", "hub id like org/name")),
+    Case("unknown_builtin_model", lambda w: w.m.update(model={"path": "builtin:gpt9"}),
+         ("m.yaml", "model.path", "'builtin:gpt9'", "builtin:tiny-llama, builtin:tiny-qwen2")),
+    Case("trust_remote_code_without_opt_in", _remote_code_model,
+         ("m.yaml", "model.path", "auto_map in config.json", "model.trust_remote_code: true")),
+    # -- the data ------------------------------------------------------------------------------
+    Case("data_file_missing", lambda w: w.m["data"].update(train="nope.jsonl"),
+         ("nope.jsonl", "data.train", "no such file", "JSONL file of prompt/chosen/rejected")),
+    Case("data_path_is_a_directory", lambda w: (w.file("d/x", ""), w.m["data"].update(heldout="d")),
+         ("data.heldout", "is a directory", "JSONL file of prompt/chosen/rejected")),
+    Case("jsonl_line_not_json", lambda w: w.data([GOOD, "{not json", OTHER], [{**GOOD, "prompt": "Q: held\n"}]),
+         ("tr.jsonl:2", "not valid JSON", "one JSON object per line")),
+    Case("row_missing_field",
+         lambda w: w.data([GOOD, OTHER, {"prompt": "p", "chosen": "a"}], [{**GOOD, "prompt": "Q: held\n"}]),
+         ("tr.jsonl:3", "missing field(s) ['rejected']", "each row needs prompt, chosen, rejected")),
+    Case("empty_completion",
+         lambda w: w.data([GOOD, {**OTHER, "rejected": "  "}], [{**GOOD, "prompt": "Q: held\n"}]),
+         ("tr.jsonl:2", "rejected: empty completion", "non-empty")),
+    Case("chosen_equals_rejected",
+         lambda w: w.data([GOOD], [{**GOOD, "prompt": "Q: held\n"}, {"prompt": "p", "chosen": "same", "rejected": "same"}]),
+         ("he.jsonl:2", "chosen == rejected", "a pair must differ")),
+    Case("leakage_between_train_and_heldout",
+         lambda w: w.data([GOOD, OTHER, {**GOOD, "prompt": "Q: 3\n"}], [{**GOOD, "prompt": "Q: held\n"}, OTHER]),
+         ("he.jsonl:2", "tr.jsonl:2", "also in the training set", "held-out pairs must be unseen")),
+    Case("heldout_empty", lambda w: w.data([GOOD, OTHER], ["", "  "]),
+         ("he.jsonl", "data.heldout", "no pairs", "at least one prompt/chosen/rejected line")),
+    Case("data_not_utf8",
+         lambda w: (w.data([GOOD], [{**GOOD, "prompt": "Q: held\n"}]),
+                    w.file("tr.jsonl", json.dumps(OTHER).encode()
+                           + b'\n{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')),
+         ("tr.jsonl:2", "not UTF-8", "save it as UTF-8")),
+    Case("max_length_shorter_than_every_prompt", lambda w: w.m["data"].update(max_length=12),
+         ("m.yaml", "data.max_length=12", "shorter than every prompt", "allowed: max_length >"), problems=2),
+    # -- the results location ------------------------------------------------------------------
+    # These two messages come from storage.check_results_dir (not owned here); see the note in the module docstring.
+    Case("results_path_is_a_file", lambda w: setattr(w, "results", w.file("results-file", "not a dir")),
+         ("m.yaml", "storage", "results-file is a file, not a directory", "choose another results path")),
+    Case("unwritable_results_dir", _unwritable_results, ("m.yaml", "storage", "is not writable")),
+    # -- the same checks behind the other commands ---------------------------------------------
+    Case("validate_unknown_objective",
+         lambda w: (w.m["matrix"].update(objective=["dop"]), setattr(w, "cmd", "validate")),
+         ("m.yaml:{line}", "matrix.objective.0", "'dpo', 'simpo' or 'orpo'"), line=("objective:", "- dop")),
+    Case("resume_leakage",
+         lambda w: (w.data([GOOD, OTHER], [OTHER]), setattr(w, "cmd", "resume")),
+         ("he.jsonl:1", "tr.jsonl:2", "held-out pairs must be unseen")),
+]
+
+
+def _finished_results(root: Path) -> None:
+    """An earlier run's results: plan.json, tables and one finished cell with its adapter."""
+    d = root / "t"
+    (d / "cells" / CELL / "adapter").mkdir(parents=True)
+    (d / "plan.json").write_text(json.dumps({"name": "t", "cells": [{"id": CELL}]}))
+    (d / "cells.parquet").write_bytes(b"PAR1" + bytes(range(256)) + b"PAR1")
+    (d / "report.md").write_text("# t\nbaseline stays\n")
+    (d / "cells" / CELL / "DONE").write_text("")
+    (d / "cells" / CELL / "cell.json").write_text(json.dumps({"status": "done", "heldout_accuracy": 0.75}))
+    (d / "cells" / CELL / "adapter" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every file's bytes and every directory (None) under root."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _line(text: str, needles: tuple[str, ...]) -> int:
+    """1-based line of the last needle, each searched after the previous one ("^x": a line starting with x)."""
+    lines, i = text.splitlines(), 0
+    for n in needles:
+        while not (lines[i].startswith(n[1:]) if n.startswith("^") else n in lines[i]):
+            i += 1
+        found, i = i, i + 1
+    return found + 1
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_rejected_before_ray_with_one_clear_message(case, tmp_path, monkeypatch):
+    assert len(CASES) >= 25
+    monkeypatch.chdir(tmp_path)
+    reached = []
+
+    def must_not_run(*a, **k):
+        reached.append(a)
+        raise AssertionError("the bad input passed validation and reached Ray")
+
+    monkeypatch.setattr(ablate.runner, "run_plan", must_not_run)
+    monkeypatch.setattr(ablate.runner, "init_ray", must_not_run)
+    ray_before = ray.is_initialized()  # another test module may have left Ray running; we must not start it
+    w = World(tmp_path)
+    _finished_results(tmp_path / "results")
+    case.build(w)
+    if w.text is None:
+        w.text = yaml.safe_dump(w.m, sort_keys=False)
+    if w.matrix_arg is None:
+        w.file("m.yaml", w.text)
+    results = w.results if w.results is not None else tmp_path / "results"
+    before = _snapshot(tmp_path)
+    try:
+        res = CliRunner().invoke(app, [w.cmd, str(w.matrix_arg or w.matrix), "--results", str(results)])
+    finally:
+        if os.geteuid() != 0:
+            (tmp_path / "results" / "t").chmod(0o755)
+
+    out = res.output
+    assert res.exit_code == 2, out
+    assert isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in out, out
+    assert not reached and ray.is_initialized() == ray_before
+    assert f"{case.problems} problem(s); nothing was run" in out, out
+    problems = [ln.removeprefix("  ✗ ") for ln in out.splitlines() if ln.startswith("  ✗ ")]
+    assert len(problems) == case.problems, out
+    text = w.text if isinstance(w.text, str) else ""
+    expect = [s.format(line=_line(text, case.line) if case.line else "?") for s in case.expect]
+    assert any(all(s in p for s in expect) for p in problems), (expect, problems)
+    assert _snapshot(tmp_path) == before  # nothing written, deleted or changed: results, matrix or data
