@@ -99,7 +99,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
                   f"({time.perf_counter() - t0:.0f}s)")
     if failed:
         err.print(f"[red]{len(failed)} cell(s) failed:[/red] " + ", ".join(f["label"] for f in failed)
-                  + f". Tracebacks: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them.")
+                  + f". Stack traces: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them.")
         raise typer.Exit(1)
 
 

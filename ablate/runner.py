@@ -157,6 +157,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
                     out = {"id": cell.id, "params": cell.params, "config": cell.config, "status": "failed",
                            "error_type": type(cause).__name__, "error": (str(cause).splitlines() or [""])[0]}
                     storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
+                    storage.clear_running(plan.results, cell.id)  # its worker died before clearing it
                 out["label"] = cell.label
                 finished.append(out)
                 if on_done:

@@ -285,7 +285,20 @@ def check_results_dir(results: str | Path) -> list[str]:
         if p.exists():
             if not p.is_dir():
                 return [f"storage: {p} is a file, not a directory; choose another results path"]
-            if not os.access(p, os.W_OK):
-                return [f"storage: {p} is not writable"]
+            if not os.access(p, os.W_OK) or not _can_create(p):
+                return [f"storage: {p} is not writable; choose a results directory you can write to "
+                        "(--results DIR or storage: in the matrix)"]
             break
     return []
+
+
+def _can_create(d: Path) -> bool:
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ablate-probe-", dir=d)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True

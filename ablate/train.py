@@ -128,12 +128,17 @@ def _oom_hook(micro: int) -> None:
         raise torch.OutOfMemoryError(f"simulated CUDA out of memory at micro-batch {micro} (ABLATE_TEST_OOM_ABOVE)")
 
 
-def _kill_hook(step: int, resumed: bool) -> None:
-    """Test hook: die like a preempted node (no cleanup, no exception) at step ABLATE_TEST_KILL_AT_STEP
-    of a cell's first attempt, so Ray retries it and the retry resumes from the checkpoint."""
-    at = os.environ.get("ABLATE_TEST_KILL_AT_STEP")
-    if at is not None and step == int(at) and not resumed:
+def _fault_hooks(step: int, objective: str, resumed: bool) -> None:
+    """Test hooks for the failure tests (never set in normal use):
+    ABLATE_TEST_KILL_AT_STEP=N dies like a preempted node (no cleanup, no exception) at step N of a cell's
+    first attempt, so a retry resumes from its checkpoint; ABLATE_TEST_RAISE_AT=objective@N raises at step N
+    of that objective's cells, like bad data discovered mid-training."""
+    kill = os.environ.get("ABLATE_TEST_KILL_AT_STEP")
+    if kill is not None and step == int(kill) and not resumed:
         os._exit(137)
+    target, _, at = os.environ.get("ABLATE_TEST_RAISE_AT", "").partition("@")
+    if target == objective and step == int(at):
+        raise ValueError(f"simulated bad batch at step {step} (ABLATE_TEST_RAISE_AT)")
 
 
 def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_rows: list[dict], staging: Path,
@@ -243,7 +248,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
             checkpoint.save(model, opt, sched, gen, st)
         if checkpoint:
             checkpoint.progress(step, total_steps)
-        _kill_hook(step, resumed_from is not None)
+        _fault_hooks(step, p["objective"], resumed_from is not None)
     train_seconds = time.perf_counter() - t0
     step, train_log, eval_log = st["step"], st["train_log"], st["eval_log"]
 

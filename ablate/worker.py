@@ -44,27 +44,35 @@ def shared_reference(results: str, key: str, config: dict, model_spec: dict, tra
 
 
 class Heartbeat:
-    """Keeps running/<cell id>.json fresh so `ablate status` can tell a training cell from a dead one."""
+    """Keeps running/<cell id>.json fresh so `ablate status` can tell a training cell from a dead one.
+    Progress is written at most once a second, and the marker at least every HEARTBEAT_S."""
 
     def __init__(self, store: Store, cell_id: str, info: dict):
         self.store, self.cell_id, self.info = store, cell_id, dict(info)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"heartbeat-{cell_id}")
+        self._written, self._changed = 0.0, False
 
     def start(self) -> Heartbeat:
-        storage.write_running(self.store, self.cell_id, self.info)
+        self._write()
         self._thread.start()
         return self
 
     def progress(self, step: int, total: int) -> None:
         self.info.update(step=step, total_steps=total)
+        self._changed = True
+
+    def _write(self) -> None:
+        self._changed, self._written = False, time.time()
+        try:
+            storage.write_running(self.store, self.cell_id, self.info)
+        except OSError:
+            pass  # a transient store error; the next beat retries
 
     def _loop(self) -> None:
-        while not self._stop.wait(storage.HEARTBEAT_S):
-            try:
-                storage.write_running(self.store, self.cell_id, self.info)
-            except OSError:
-                pass  # a transient store error; the next beat retries
+        while not self._stop.wait(1.0):
+            if self._changed or time.time() - self._written >= storage.HEARTBEAT_S:
+                self._write()
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,0 +1,290 @@
+"""Failure tests on real Ray with the real trainer: a cell that raises, a killed driver, Ctrl-C, a second
+run on the same results, a lost worker and a lost node, OOM, and mid-cell checkpoints.
+
+Faults are injected through test hooks in ablate/train.py (ABLATE_TEST_*), read from the environment by
+the Ray workers; nothing of Ray or the trainer is mocked.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ablate.plan import make_plan
+from ablate.worker import run_cell
+from conftest import ROOT, small_matrix
+
+
+def slow_matrix(**train) -> dict:
+    """Four cells long enough (tens of steps) to be interrupted in the middle."""
+    m = small_matrix(name="rel")
+    m["data"]["train"]["n"] = 32
+    m["train"].update({"batch_size": 8, "max_steps": 40, "logging_steps": 5, "eval_steps": 20,
+                       "checkpoint_every_steps": 5, **train})
+    m["matrix"]["lora_rank"] = [4, 8]
+    m["resources"] = {"cpus_per_cell": 2}  # one cell at a time on a 2-core machine: room to interrupt
+    return m
+
+
+def write(tmp_path: Path, m: dict) -> Path:
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(m, sort_keys=False))
+    return p
+
+
+def env(**hooks) -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in hooks.items()}}
+
+
+def ablate(*args, hooks: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env(**(hooks or {})), timeout=timeout)
+
+
+def start(*args, hooks: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablate", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(**(hooks or {})))
+
+
+def wait_for(cond, timeout: float = 240, what: str = "condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def done_cells(res: Path) -> list[Path]:
+    return sorted(d for d in (res / "cells").glob("*") if (d / "DONE").is_file())
+
+
+def tree_hashes(d: Path) -> dict[str, str]:
+    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def summary(status_stdout: str) -> str:
+    """The last line of `ablate status`: counts per state, e.g. '2 pending, 1 running, 1 done'."""
+    return status_stdout.strip().splitlines()[-1]
+
+
+def assert_complete(cell: Path) -> None:
+    for name in ("cell.json", "train_log.jsonl", "eval_log.jsonl", "pairs.parquet", "adapter/adapter_model.safetensors"):
+        assert (cell / name).is_file(), f"{cell.name} has DONE but no {name}"
+    assert json.loads((cell / "cell.json").read_text())["status"] == "done"
+
+
+def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tmp_path):
+    m = small_matrix()
+    m["matrix"]["lora_rank"] = [4, 8]
+    p = write(tmp_path, m)
+    res = tmp_path / "r" / "t"
+    r = ablate("run", p, "--results", tmp_path / "r", hooks={"ABLATE_TEST_RAISE_AT": "simpo@2"})
+    assert r.returncode == 1, r.stderr
+    assert "2 cell(s) failed" in r.stderr and "simpo r4" in r.stderr and "simpo r8" in r.stderr
+    assert "Traceback" not in r.stderr
+    cells = pd.read_parquet(res / "cells.parquet")
+    assert sorted(cells["status"]) == ["done", "done", "failed", "failed"]
+    failed = cells[cells["status"] == "failed"]
+    assert set(failed["objective"]) == {"simpo"} and set(failed["error_type"]) == {"ValueError"}
+    for cid in failed["cell_id"]:
+        text = (res / "cells" / cid / "error.txt").read_text()
+        assert "Traceback" in text and "simulated bad batch at step 2" in text
+    before = {d.name: tree_hashes(d) for d in done_cells(res)}
+
+    r = ablate("resume", p, "--results", tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    assert "training 2 cell(s)" in r.stdout
+    cells = pd.read_parquet(res / "cells.parquet")
+    assert (cells["status"] == "done").all() and cells["cell_id"].is_unique
+    for name, hashes in before.items():
+        assert tree_hashes(res / "cells" / name) == hashes  # done cells untouched, byte for byte
+
+
+def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
+    p = write(tmp_path, slow_matrix())
+    res = tmp_path / "r" / "rel"
+    a = start("run", p, "--results", tmp_path / "r")
+    try:
+        wait_for(lambda: (res / "LOCK").is_file() and f'"pid": {a.pid}' in (res / "LOCK").read_text(), what="the lock")
+        # Another run on the same results directory must refuse, before any training, and change nothing.
+        b = ablate("run", p, "--results", tmp_path / "r")
+        assert b.returncode == 2 and "in use by another ablate run" in b.stderr and "Traceback" not in b.stderr
+        assert f"pid {a.pid}" in b.stderr
+        wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell")
+        a.send_signal(signal.SIGKILL)
+        a.wait(timeout=30)
+    finally:
+        a.kill()
+    for cell in done_cells(res):
+        assert_complete(cell)  # nothing counted done without its full outputs
+    before = {d.name: tree_hashes(d) for d in done_cells(res)}
+    assert len(before) < 4, "the driver finished before it was killed; the test proves nothing"
+
+    r = ablate("status", res)
+    assert r.returncode == 0 and "done" in summary(r.stdout)  # a killed run leaves a readable results directory
+
+    r = ablate("resume", p, "--results", tmp_path / "r")
+    assert r.returncode == 0, r.stderr
+    assert f"training {4 - len(before)} cell(s)" in r.stdout
+    cells = pd.read_parquet(res / "cells.parquet")
+    assert len(cells) == 4 and cells["cell_id"].is_unique and (cells["status"] == "done").all()
+    pairs = pd.read_parquet(res / "pairs.parquet")
+    assert not pairs.duplicated(["cell_id", "pair"]).any() and len(pairs) == 4 * 32
+    for name, hashes in before.items():
+        assert tree_hashes(res / "cells" / name) == hashes
+    assert not list((res / "running").glob("*")) and not list((res / "checkpoints").glob("*"))
+
+
+def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
+    p = write(tmp_path, slow_matrix())
+    res = tmp_path / "r" / "rel"
+    a = start("run", p, "--results", tmp_path / "r")
+    try:
+        wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell")
+        # While cells train, status shows them running (their workers' heartbeats).
+        r = ablate("status", res)
+        assert r.returncode == 0 and "running" in summary(r.stdout), r.stdout
+        a.send_signal(signal.SIGINT)
+        out, errs = a.communicate(timeout=60)
+    finally:
+        a.kill()
+    assert a.returncode == 130, errs
+    assert "ablate resume" in errs and "Traceback" not in errs
+    kept = done_cells(res)
+    assert 1 <= len(kept) < 4
+    for cell in kept:
+        assert_complete(cell)
+    r = ablate("status", res)
+    assert r.returncode == 0 and "running" not in summary(r.stdout) and "pending" in summary(r.stdout), r.stdout
+
+
+def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
+    m = small_matrix()
+    m["matrix"]["objective"] = ["simpo"]
+    m["decision"]["baseline"] = {"objective": "simpo"}
+    m["train"].update(batch_size=4, max_steps=4)
+    m["resources"] = {"max_oom_retries": 2}
+    p = write(tmp_path, m)
+    r = ablate("run", p, "--results", tmp_path / "oom", hooks={"ABLATE_TEST_OOM_ABOVE": 1})
+    assert r.returncode == 0, r.stderr
+    row = pd.read_parquet(tmp_path / "oom" / "t" / "cells.parquet").iloc[0]
+    assert (row["micro_batch"], row["grad_accum"], row["oom_retries"]) == (1, 4, 2)
+
+    # The same cell without OOMs, in-process: the same training up to float summation order.
+    plan = make_plan(p, results=tmp_path / "plain")
+    c = plan.cells[0]
+    plain = run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
+                     plan.results.uri)
+    assert (plain["micro_batch"], plain["grad_accum"], plain["oom_retries"]) == (4, 1, 0)
+    assert row["heldout_margin"] == pytest.approx(plain["heldout_margin"], rel=1e-4, abs=1e-6)
+
+    # Bounded: with one halving allowed, micro-batch 2 still "OOMs", and the cell fails with the reason.
+    os.environ["ABLATE_TEST_OOM_ABOVE"] = "1"
+    try:
+        out = run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
+                       str(tmp_path / "bound"), runtime={"max_oom_retries": 1})
+    finally:
+        del os.environ["ABLATE_TEST_OOM_ABOVE"]
+    assert out["status"] == "failed" and out["error_type"] == "OutOfMemoryError"
+    assert "out of GPU memory at micro-batch 2 after 1 halving(s)" in out["error"]
+    assert "OutOfMemoryError" in (tmp_path / "bound" / "cells" / c.id / "error.txt").read_text()
+
+
+def _comparable(res: Path) -> dict:
+    out = {}
+    for d in done_cells(res):
+        logs = [{k: v for k, v in json.loads(line).items()} for line in (d / "train_log.jsonl").read_text().splitlines()]
+        evals = (d / "eval_log.jsonl").read_text()
+        out[d.name] = (logs, evals, pd.read_parquet(d / "pairs.parquet"))
+    return out
+
+
+def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+    m = slow_matrix(max_steps=12, checkpoint_every_steps=4)
+    m["matrix"]["lora_rank"] = [4]
+    m["resources"] = {"max_retries": 0}
+    p = write(tmp_path, m)
+    # Every worker dies at step 6 (after its step-4 checkpoint). With max_retries 0 Ray does not retry:
+    # the cells are recorded failed as lost workers, with their checkpoints kept.
+    r = ablate("run", p, "--results", tmp_path / "k", hooks={"ABLATE_TEST_KILL_AT_STEP": 6})
+    assert r.returncode == 1, r.stderr
+    cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
+    assert (cells["status"] == "failed").all()
+    assert all("Worker" in t or "Crash" in t or "Died" in t for t in cells["error_type"]), cells["error_type"]
+    assert len(list((tmp_path / "k" / "rel" / "checkpoints").glob("*.pt"))) == 2
+
+    r = ablate("resume", p, "--results", tmp_path / "k", hooks={"ABLATE_TEST_KILL_AT_STEP": 6})
+    assert r.returncode == 0, r.stderr
+    cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
+    assert (cells["resumed_from_step"] == 4).all()
+
+    r = ablate("run", p, "--results", tmp_path / "u")
+    assert r.returncode == 0, r.stderr
+    resumed, straight = _comparable(tmp_path / "k" / "rel"), _comparable(tmp_path / "u" / "rel")
+    assert resumed.keys() == straight.keys() and len(resumed) == 2
+    for cid in resumed:
+        assert resumed[cid][0] == straight[cid][0]  # every logged training metric, step by step
+        assert resumed[cid][1] == straight[cid][1]  # every held-out evaluation
+        pd.testing.assert_frame_equal(resumed[cid][2], straight[cid][2])
+
+
+def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from ablate.plan import make_plan
+    from ablate.runner import run_plan
+
+    m = slow_matrix(max_steps=60, checkpoint_every_steps=2)
+    m["matrix"]["objective"] = ["simpo"]
+    m["matrix"]["lora_rank"] = [4]
+    m["decision"]["baseline"] = {"objective": "simpo"}
+    m["resources"] = {"max_retries": 2, "custom": {"trainer": 1}}
+    plan = make_plan(write(tmp_path, m), results=tmp_path / "r")
+    cid = plan.cells[0].id
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})  # the head cannot train: no "trainer"
+    nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 1}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    removed = {}
+
+    def kill_node_when_training():
+        marker = plan.results.local_path(f"running/{cid}.json")
+
+        def training():
+            try:
+                info = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                return None
+            return info if info.get("step", 0) >= 3 else None
+
+        info = wait_for(training, what="the cell to pass step 3")
+        node = next(n for n in nodes if n.node_id == info["node_id"])
+        cluster.remove_node(node, allow_graceful=False)
+        removed["node_id"] = info["node_id"]
+
+    killer = threading.Thread(target=kill_node_when_training, daemon=True)
+    try:
+        ray.init(address=cluster.address)
+        killer.start()
+        out = run_plan(plan, address=cluster.address)
+        killer.join(timeout=30)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert removed, "no node was removed; the test proves nothing"
+    assert len(out) == 1 and out[0]["status"] == "done", out
+    assert out[0]["node_id"] != removed["node_id"]  # retried on the surviving node
+    assert out[0]["resumed_from_step"] is not None and out[0]["resumed_from_step"] >= 2
+    assert out[0]["steps"] == 60
