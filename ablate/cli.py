@@ -136,11 +136,13 @@ def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
 
 def _results_dir(target: str, results: Optional[str]) -> str:
     """Accept a results directory or URI, or a matrix file (whose results directory is then used)."""
+    from .storage import join
+
     if "://" not in target and Path(target).is_file():
         from .spec import load_matrix
 
         spec = load_matrix(target)
-        return f"{str(results or spec.storage).rstrip('/')}/{spec.name}"
+        return join(str(results or spec.storage), spec.name)
     return target
 
 

@@ -15,7 +15,7 @@ from .cells import Cell, baseline_cells, expand
 from .data import check_leakage, encode, load_rows, rows_hash
 from .models import check_model_spec, load_tokenizer, model_identity
 from .spec import BuiltinData, MatrixError, MatrixSpec, load_matrix
-from .storage import Store, as_store, cell_states, check_results_dir, dump_json, is_uri
+from .storage import Store, as_store, cell_states, check_results_dir, dump_json, is_uri, join
 
 
 @dataclass
@@ -66,7 +66,7 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
     root = str(results if results is not None else spec.storage)
-    results_dir = f"{root.rstrip('/')}/{spec.name}" if is_uri(root) else Path(root) / spec.name
+    results_dir = join(root, spec.name) if is_uri(root) else Path(root) / spec.name
     problems += [f"{where}: {p}" for p in check_results_dir(results_dir)]
 
     if check_tokens and len(rows) == 2 and not problems and _tokenizer_is_local(spec):

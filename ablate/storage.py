@@ -37,6 +37,12 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def join(location: str | Path, rel: str) -> str:
+    """location/rel for a path or a URI, keeping a URI's query (?endpoint_override=…) at the end."""
+    base, q, query = str(location).partition("?")
+    return f"{base.rstrip('/')}/{rel}{q}{query}"
+
+
 class Store:
     """One directory (a results root or one matrix's results) on a pyarrow filesystem."""
 
@@ -49,7 +55,7 @@ class Store:
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.uri = self.root if self.local else location.rstrip("/")
+        self.uri = self.root if self.local else location  # a URI keeps its query for the workers
         self.root = self.root.rstrip("/")
 
     def __repr__(self) -> str:
@@ -60,7 +66,7 @@ class Store:
 
     def child(self, rel: str) -> Store:
         s = Store(f"{self.root}/{rel}", _fs=self.fs)
-        s.uri = f"{self.uri}/{rel}"
+        s.uri = join(self.uri, rel)
         return s
 
     def path(self, rel: str = "") -> str:
