@@ -188,8 +188,6 @@ def _preflight(address: str) -> str:
                        "is the head node running with its dashboard on that port?") from None
     except requests.exceptions.RequestException as e:
         raise JobError(f"request to {where} failed: {type(e).__name__}") from None
-    finally:
-        headers = None  # noqa: F841 - drop our reference to the token
     if r.status_code in (401, 403):
         raise JobError(_auth_message(r.status_code, address))
     try:
@@ -236,9 +234,9 @@ def _sdk(client, method: str, *args, **kwargs):
         raise JobError(_auth_message(str(e).splitlines()[0] if str(e) else "", client._ablate_address)) from None
     except requests.exceptions.RequestException:
         raise JobError(f"lost the connection to the Ray dashboard at {where}") from None
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # the SDK's "Request failed with status code …", package errors
         text = " ".join(str(e).split())
-        if "404" in text or "does not exist" in text:
+        if method != "submit_job" and ("404" in text or "does not exist" in text):
             job = args[0] if args else "?"
             raise JobError(f"no job {job!r} on the Ray cluster at {where} "
                            f"(list them with `ray job list --address {where}`)") from None
@@ -483,8 +481,8 @@ def show_status(job: str, address: str | None, out, err) -> str:
     status = str(info.status.value if hasattr(info.status, "value") else info.status)
     color = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan"}.get(status, "white")
     meta = info.metadata or {}
-    out.print(f"job {job}: [{color}]{status}[/]" + (f"  (matrix {meta[META_MATRIX]})" if META_MATRIX in meta else ""),
-              highlight=False, soft_wrap=True)
+    out.print(Text.assemble(f"job {job}: ", (status, color),
+                            f"  (matrix {meta[META_MATRIX]})" if META_MATRIX in meta else ""), soft_wrap=True)
     if status == "FAILED" and info.message:
         first = info.message.strip().splitlines()[0]
         out.print(f"  {first}", markup=False, highlight=False, soft_wrap=True)
