@@ -423,8 +423,9 @@ def worker_profile(job: dict) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     objective = OBJECTIVES[p["objective"]]
-    for i in range(n_steps + 1):  # step 0 warms up and is not counted
-        idx = order[i * bs : (i + 1) * bs]
+    batches = [order[j * bs : (j + 1) * bs] for j in range(max(1, n_steps))]
+    for i in range(n_steps + 1):  # the first pass warms up (on the first batch) and is not counted
+        idx = batches[max(0, i - 1)]
         b, t1 = clock(lambda: collate(pairs, idx, pad).to(dev))
         h, t2 = clock(lambda: base.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state)
         (total, avg, _n), t3 = clock(lambda: token_logprobs(base.lm_head(h), b.input_ids, b.loss_mask))
@@ -475,14 +476,16 @@ def worker_profile(job: dict) -> dict:
 
 
 def worker_peak(job: dict) -> dict:
-    """Dense matmul peak: bf16 on CUDA (8192³), fp32 on CPU (2048³ at the bench's thread count)."""
+    """Dense matmul peak in the preset's dtype: 8192³ on CUDA (bf16 for the GPU presets), 2048³ on CPU at
+    the bench's thread count."""
     import torch
 
     torch.set_num_threads(job["threads"])
+    dt = getattr(torch, job["dtype"])
     if job["device"] == "cuda":
-        n, dt, dev, reps = 8192, torch.bfloat16, "cuda", 50
+        n, dev, reps = 8192, "cuda", 50
     else:
-        n, dt, dev, reps = 2048, torch.float32, "cpu", 5
+        n, dev, reps = 2048, "cpu", 5
     a, b = torch.randn(n, n, dtype=dt, device=dev), torch.randn(n, n, dtype=dt, device=dev)
     for _ in range(3):
         a @ b
@@ -520,13 +523,24 @@ def spawn(kind: str, job: dict, workdir: Path, env: dict) -> tuple[dict, float]:
 
 
 def build_model_dir(spec: dict, dtype: str, path: Path):
-    """Random-initialised model with the real HF configuration, saved with a byte-level tokenizer."""
+    """Random-initialised model with the real HF configuration, saved with a byte-level tokenizer (ids stay
+    far inside the real vocabulary; the embedding and LM head keep their real size)."""
     import torch
     from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     spec = dict(spec)
     arch = spec.pop("arch")
-    tok = ByT5Tokenizer()
+    if arch == "qwen2":
+        # transformers 5 forces Qwen2Tokenizer on a qwen2 config whatever tokenizer_config.json says, so give
+        # it one: byte-level BPE with no merges (one token per byte, ids 0-255, <|endoftext|> = 256).
+        from transformers import Qwen2Tokenizer
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+        vocab["<|endoftext|>"] = 256
+        tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    else:
+        tok = ByT5Tokenizer()
     cfg_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     cfg = cfg_cls(**spec, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
                   dtype=dtype)
@@ -697,7 +711,7 @@ def main(argv=None) -> int:
               f"prompt {med['prompt']}, chosen {med['chosen']}, rejected {med['rejected']}; "
               f"{n_tokens} train tokens, padding {pad['padding_fraction']:.1%} of the batches", flush=True)
 
-        peak, _ = spawn("peak", {"device": device, "threads": threads}, work, env)
+        peak, _ = spawn("peak", {"device": device, "threads": threads, "dtype": P["dtype"]}, work, env)
         print(f"peak: {peak['peak_flops'] / 1e12:.2f} TFLOP/s {peak['dtype']} matmul ({peak['device_name']})", flush=True)
 
         base_job = dict(model=model_path, dtype=P["dtype"], device=device, threads=threads, tokens=str(work / "tokens.json"),
