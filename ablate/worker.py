@@ -100,7 +100,8 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
     store = Store(results)
     node = _node_id()
     cell_json = {"id": cell_id, "params": config["params"], "config": config, "model_spec": model_spec,
-                 "status": "running", "torch_version": torch.__version__, "node_id": node}
+                 "status": "running", "torch_version": torch.__version__, "node_id": node,
+                 "started_at": time.time()}
     beat = Heartbeat(store, cell_id, {**storage.host_info(), "node_id": node, "started": time.time()}).start()
     ckpt = Checkpointer(store, cell_id, runtime.get("checkpoint_every_steps"), on_progress=beat.progress)
     t = config["train"]
@@ -129,7 +130,7 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
                                  error=str(e).splitlines()[0] if str(e) else "")
                 storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
                 return cell_json
-        cell_json.update(status="done", oom_retries=ooms, **summary)
+        cell_json.update(status="done", oom_retries=ooms, finished_at=time.time(), **summary)
         (staging / "cell.json").write_text(storage.dump_json(cell_json))
         storage.publish_cell(store, cell_id, staging)
         return cell_json
