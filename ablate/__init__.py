@@ -5,11 +5,17 @@ Public API: load_matrix, make_plan, run, collect, decide, build_report.
 
 __version__ = "0.1.0"
 
-from .api import run  # noqa: E402
-from .collect import collect  # noqa: E402
-from .decide import Decision, decide  # noqa: E402
-from .plan import make_plan  # noqa: E402
-from .report import build_report  # noqa: E402
-from .spec import MatrixError, load_matrix  # noqa: E402
+# Imported on first use, so `ablate --help` and every CLI call start without loading torch and pandas.
+_EXPORTS = {"run": "api", "collect": "collect", "Decision": "decide", "decide": "decide", "make_plan": "plan",
+            "build_report": "report", "MatrixError": "spec", "load_matrix": "spec"}
 
-__all__ = ["Decision", "MatrixError", "build_report", "collect", "decide", "load_matrix", "make_plan", "run"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'ablate' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -24,17 +24,19 @@ class Cell:
     id: str
     params: dict[str, Any]  # objective, lora_rank, seed, lr, epochs + the objective's knobs
     config: dict[str, Any] = field(repr=False)  # everything run_cell needs, and exactly what is hashed
+    label_keys: tuple[str, ...] = ()  # lr / epochs, named in the label when the matrix varies them
 
     @property
     def label(self) -> str:
-        return cell_label(self.params)
+        return cell_label(self.params, self.label_keys)
 
 
-def cell_label(p: dict[str, Any]) -> str:
+def cell_label(p: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
     parts = [str(p["objective"]), f"r{p['lora_rank']}"]
     for k, sym in (("beta", "β"), ("gamma", "γ"), ("lambda", "λ")):
         if p.get(k) is not None and p[k] == p[k]:  # skip None and NaN (absent knobs read back from Parquet)
             parts.append(f"{sym}{p[k]:g}")
+    parts += [f"{'lr' if k == 'lr' else 'ep'}{p[k]:g}" for k in extra]
     parts.append(f"s{p['seed']}")
     return " ".join(parts)
 
@@ -94,7 +96,8 @@ def expand(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[s
                 },
                 "ablate_version": __version__,
             }
-            cells.append(Cell(id=stable_hash(config), params=params, config=config))
+            varied = tuple(k for k in ("lr", "epochs") if getattr(ax, k) is not None)
+            cells.append(Cell(id=stable_hash(config), params=params, config=config, label_keys=varied))
     return cells
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     def on_start(n):
         nonlocal task
         if n:
-            console.print(f"{verb}: training {n} cell(s) on Ray ({address or 'local'})…")
+            console.print(f"{verb}: training {n} cell(s) on Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})…")
             progress.start()
             task = progress.add_task("cells", total=n)
 
@@ -84,8 +85,9 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         _fail(e)
     except KeyboardInterrupt:
         progress.stop()
-        err.print("[yellow]Interrupted: finished cells are kept. Run `ablate resume "
-                  f"{matrix}` to train the rest.[/yellow]")
+        again = "submit the matrix again (`ablate submit`)" if os.environ.get("ABLATE_CLIENT_PYTHON") else \
+            f"run `ablate resume {matrix}`"
+        err.print(f"[yellow]Interrupted: finished cells are kept; {again} to train the rest.[/yellow]")
         shutdown()
         raise typer.Exit(130)
     finally:

@@ -288,7 +288,9 @@ def results_location(root: str, name: str) -> str:
     """<root>/<name> for a URI or an absolute (cluster) path; refuse a relative root."""
     root = root.strip()
     if _is_uri(root):
-        return f"{root.rstrip('/')}/{name}"
+        from .storage import join
+
+        return join(root, name)
     if not posixpath.isabs(root):
         raise JobError(f"results root {root!r} is relative: inside a Ray Job it would land in the job's temporary "
                        "working directory on the cluster and be lost. Pass --results with an absolute path on "
