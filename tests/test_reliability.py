@@ -28,7 +28,7 @@ def slow_matrix(**train) -> dict:
     """Four cells long enough (tens of steps) to be interrupted in the middle."""
     m = small_matrix(name="rel")
     m["data"]["train"]["n"] = 32
-    m["train"].update({"batch_size": 8, "max_steps": 40, "logging_steps": 5, "eval_steps": 20,
+    m["train"].update({"batch_size": 8, "max_steps": 24, "logging_steps": 5, "eval_steps": 20,
                        "checkpoint_every_steps": 5, **train})
     m["matrix"]["lora_rank"] = [4, 8]
     m["resources"] = {"cpus_per_cell": 2}  # one cell at a time on a 2-core machine: room to interrupt
@@ -134,6 +134,10 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
     r = ablate("status", res)
     assert r.returncode == 0 and "done" in summary(r.stdout)  # a killed run leaves a readable results directory
 
+    # Resources are not part of a cell's identity: resume may run the rest two at a time.
+    m = slow_matrix()
+    m["resources"] = {"cpus_per_cell": 1}
+    p = write(tmp_path, m)
     r = ablate("resume", p, "--results", tmp_path / "r")
     assert r.returncode == 0, r.stderr
     assert f"training {4 - len(before)} cell(s)" in r.stdout
@@ -229,8 +233,17 @@ def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_pa
     cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
     assert (cells["resumed_from_step"] == 4).all()
 
-    r = ablate("run", p, "--results", tmp_path / "u")
-    assert r.returncode == 0, r.stderr
+    # The uninterrupted run, in-process with the one torch thread a Ray worker of this matrix uses.
+    import torch
+
+    plan, threads = make_plan(p, results=tmp_path / "u"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for c in plan.cells:
+            run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
+                     plan.results.uri)
+    finally:
+        torch.set_num_threads(threads)
     resumed, straight = _comparable(tmp_path / "k" / "rel"), _comparable(tmp_path / "u" / "rel")
     assert resumed.keys() == straight.keys() and len(resumed) == 2
     for cid in resumed:
