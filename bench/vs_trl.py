@@ -838,6 +838,18 @@ def main(argv=None) -> int:
                             "logging_steps": LOGGING_STEPS},
                "data": {"train_tokens": n_tokens, "median_lengths": med, "repeated_prompt_share": prompt_repeat_share, **pad},
                "cells": rows, "matrix": matrix, "profile": profile}
+        tol = 1e-5 if P["dtype"] == "float32" else 1e-2  # bf16: TRL autocasts, ablate runs plain bf16
+        targets = {}
+        for r in rows:
+            if r["system"] == "ablate":
+                o = r["objective"]
+                targets[f"{o} tokens/s ≥ 1.5× TRL"] = r["ratio_tokens_per_second"] >= 1.5
+                targets[f"{o} peak memory ≤ TRL"] = r["ratio_peak_memory"] <= 1.0
+                d = r["first_step_loss_abs_diff"]
+                targets[f"{o} first-step loss within {tol:g}"] = d is not None and d <= tol
+        if matrix:
+            targets["matrix wall time ≤ 0.5× TRL"] = matrix["ratio"] <= 0.5
+        out["targets"] = targets
         md = markdown(out)
         print()
         print(md)
@@ -899,6 +911,9 @@ def markdown(out: dict) -> str:
                   + f"; LM head fwd+bwd on all positions {ps['head_all_positions_fwd_bwd'] * 1e3:.1f} ms vs completion "
                   f"positions only {ps['head_completion_only_fwd_bwd'] * 1e3:.1f} ms (completions are "
                   f"{pr['completion_token_fraction']:.0%} of the tokens)."]
+    tg = out.get("targets") or {}
+    if tg:
+        lines += ["", "Targets: " + "; ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in tg.items()) + "."]
     mx = out.get("matrix")
     if mx:
         lines += ["", "| 2×2 matrix (DPO/SimPO × r16/r8) | wall time (s) | ratio |", "|---|---:|---:|",
