@@ -22,7 +22,7 @@ def builtin_tokenizer():
     return ByT5Tokenizer()
 
 
-def builtin_model(name: str, dtype: torch.dtype = torch.float32):
+def builtin_model(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
@@ -37,6 +37,7 @@ def builtin_model(name: str, dtype: torch.dtype = torch.float32):
         eos_token_id=1,
         bos_token_id=None,
         tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
     )
     if name == "tiny-llama":
         config, cls = LlamaConfig(**common), LlamaForCausalLM

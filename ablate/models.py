@@ -82,15 +82,16 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_model(spec: ModelSpec, device: torch.device):
+def load_model(spec: ModelSpec, device: torch.device, attention: str = "sdpa"):
     dtype = DTYPES[spec.dtype]
     name = _builtin_name(spec)
     if name is not None:
-        model = builtin.builtin_model(name, dtype)
+        model = builtin.builtin_model(name, dtype, attention)
     else:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            spec.path, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+            spec.path, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+            attn_implementation=attention,
         )
     return model.to(device)

@@ -18,7 +18,7 @@ from .plan import Plan
 from .spec import MatrixError, ResourceSpec
 
 Callback = Callable[[dict], None]
-RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing")
+RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing", "attention", "compile")
 
 
 def _quiet_torch(threads: int) -> None:

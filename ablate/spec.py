@@ -113,6 +113,8 @@ class TrainSpec(Strict):
     # Runtime settings: they change speed or resilience, not the numbers, so they stay out of cell ids.
     checkpoint_every_steps: int | None = Field(None, ge=1, le=10_000_000)
     gradient_checkpointing: bool = False
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # flash_attention_2 needs flash-attn on CUDA
+    compile: bool = False  # torch.compile the training forward (pays off on long GPU runs)
 
     @model_validator(mode="after")
     def _accum_divides(self):

@@ -166,7 +166,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     train_pairs = encode(train_rows, tok, d["max_length"], d["prompt_budget"], "data.train")
     held_pairs = encode(heldout_rows, tok, d["max_length"], d["prompt_budget"], "data.heldout")
 
-    model = load_model(mspec, device)
+    model = load_model(mspec, device, runtime.get("attention", "sdpa"))
     lora = t["lora"]
     model = get_peft_model(model, LoraConfig(
         r=p["lora_rank"], lora_alpha=lora["alpha_over_rank"] * p["lora_rank"], lora_dropout=lora["dropout"],
@@ -176,6 +176,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    policy = torch.compile(model) if runtime.get("compile") else model  # training forward only
 
     t_ref = time.perf_counter()
     if objective.needs_reference and ref is None:  # not shared by the runner: the policy with its adapter off
@@ -215,7 +216,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         for m in range(0, len(idx), micro):
             _oom_hook(micro)
             b = collate(train_pairs, idx[m : m + micro], pad).to(device)
-            total, avg, _ = _forward(model, b)
+            total, avg, _ = _forward(policy, b)
             c, r = _sides(total, avg, len(b.index), ref_train, torch.tensor(b.index))
             loss, cr, rr = objective(c, r, p)
             (loss.sum() / len(idx)).backward()
