@@ -66,7 +66,7 @@ def _excluded(params: dict[str, Any], spec: MatrixSpec) -> bool:
 
 
 # Train settings that change speed or resilience but not results: not part of a cell's identity.
-RUNTIME_FIELDS = {"checkpoint_every_steps", "gradient_checkpointing", "attention", "compile"}
+RUNTIME_FIELDS = {"checkpoint_every_steps", "gradient_checkpointing", "attention", "compile", "share_prompt"}
 
 
 def expand(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:

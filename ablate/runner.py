@@ -18,7 +18,7 @@ from .plan import Plan
 from .spec import MatrixError, ResourceSpec
 
 Callback = Callable[[dict], None]
-RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing", "attention", "compile")
+RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing", "attention", "compile", "share_prompt")
 
 
 def _quiet_torch(threads: int) -> None:
@@ -37,11 +37,11 @@ def _cell_task(cell_id, config, model_spec, train_rows, heldout_rows, results, t
     return run_cell(cell_id, config, model_spec, train_rows, heldout_rows, results, runtime, ref)
 
 
-def _reference_task(results, key, config, model_spec, train_rows, heldout_rows, threads):
+def _reference_task(results, key, config, model_spec, train_rows, heldout_rows, threads, runtime):
     _quiet_torch(threads)
     from .worker import shared_reference
 
-    return shared_reference(results, key, config, model_spec, train_rows, heldout_rows)
+    return shared_reference(results, key, config, model_spec, train_rows, heldout_rows, runtime)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -134,14 +134,14 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
     for c in todo:
         if OBJECTIVES[c.params["objective"]].needs_reference:
-            key = reference_key(c.config)
+            key = reference_key(c.config, runtime)
             if key not in references:
                 references[key] = ray.remote(_reference_task).options(name="ablate-reference", **opts).remote(
-                    results, key, c.config, model_spec, train_ref, held_ref, threads)
+                    results, key, c.config, model_spec, train_ref, held_ref, threads, runtime)
 
     refs = {}
     for c in todo:
-        shared = references.get(reference_key(c.config)) if OBJECTIVES[c.params["objective"]].needs_reference else None
+        shared = references.get(reference_key(c.config, runtime)) if OBJECTIVES[c.params["objective"]].needs_reference else None
         refs[task.remote(c.id, c.config, model_spec, train_ref, held_ref, results, threads, runtime, shared)] = c
     finished: list[dict] = []
     pending = list(refs)

@@ -115,6 +115,7 @@ class TrainSpec(Strict):
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # flash_attention_2 needs flash-attn on CUDA
     compile: bool = False  # torch.compile the training forward (pays off on long GPU runs)
+    share_prompt: bool = True  # one row [prompt, chosen, rejected] per pair (forward.py); off for flash_attention_2
 
     @model_validator(mode="after")
     def _accum_divides(self):

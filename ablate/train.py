@@ -20,25 +20,27 @@ import pandas as pd
 import torch
 
 from .checkpoint import Checkpointer
-from .data import Pair, collate, encode
-from .losses import OBJECTIVES, LogProbs, token_logprobs
+from .data import Pair, encode
+from .forward import Forward, collate
+from .losses import OBJECTIVES, LogProbs
 from .models import load_model, load_tokenizer
 from .spec import ModelSpec
 
 
-def _forward(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return token_logprobs(logits, batch.input_ids, batch.loss_mask)
+def share_prompt(runtime: dict) -> bool:
+    """The [prompt, chosen, rejected] layout needs a 4-D mask, which flash-attention kernels do not take."""
+    return runtime.get("share_prompt", True) and runtime.get("attention", "sdpa") != "flash_attention_2"
 
 
 @torch.no_grad()
-def _all_logps(model, pairs: list[Pair], batch_size: int, pad_id: int, device) -> dict[str, torch.Tensor]:
+def _all_logps(fwd: Forward, pairs: list[Pair], batch_size: int, pad_id: int, device, share: bool
+               ) -> dict[str, torch.Tensor]:
     """Summed/averaged log-probs and lengths of every pair (eval mode); with the adapter disabled this is
     the reference, computed once per cell instead of once per step."""
     cols = {k: [] for k in ("c_sum", "r_sum", "c_avg", "r_avg", "c_len", "r_len")}
     for s in range(0, len(pairs), batch_size):
-        b = collate(pairs, list(range(s, min(s + batch_size, len(pairs)))), pad_id).to(device)
-        total, avg, n = _forward(model, b)
+        b = collate(pairs, list(range(s, min(s + batch_size, len(pairs)))), pad_id, share).to(device)
+        total, avg, n = fwd(b)
         B = len(b.index)
         for key, t in (("sum", total), ("avg", avg), ("len", n)):
             cols[f"c_{key}"].append(t[:B].cpu())
@@ -66,12 +68,13 @@ def _metrics(prefix: str, loss, cr, rr, c: LogProbs, r: LogProbs, objective: str
     }
 
 
-def evaluate(model, pairs, objective: str, params: dict, ref, batch_size: int, pad_id: int, device):
+def evaluate(fwd: Forward, pairs, objective: str, params: dict, ref, batch_size: int, pad_id: int, device,
+             share: bool):
     """Held-out metrics (eval_ prefix) and one row per pair, scored under the cell's own reward."""
-    was_training = model.training
-    model.eval()
-    lp = _all_logps(model, pairs, batch_size, pad_id, device)
-    model.train(was_training)
+    was_training = fwd.model.training
+    fwd.model.eval()
+    lp = _all_logps(fwd, pairs, batch_size, pad_id, device, share)
+    fwd.model.train(was_training)
     idx = torch.arange(len(pairs))
     c, r = _sides(torch.cat([lp["c_sum"], lp["r_sum"]]), torch.cat([lp["c_avg"], lp["r_avg"]]), len(pairs), ref, idx)
     loss, cr, rr = OBJECTIVES[objective](c, r, params)
@@ -98,8 +101,8 @@ def _peak_memory_mb(device) -> float:
     return kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def reference_logps(model_spec: dict, config: dict, train_rows: list[dict], heldout_rows: list[dict]
-                    ) -> dict[str, dict[str, torch.Tensor]]:
+def reference_logps(model_spec: dict, config: dict, train_rows: list[dict], heldout_rows: list[dict],
+                    runtime: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """DPO's reference log-probs (the frozen base model) for every train and held-out pair. They depend only
     on model, data, lengths and eval batch — not on rank, β or seed — so one computation serves every DPO
     cell (see worker.reference_key)."""
@@ -107,14 +110,16 @@ def reference_logps(model_spec: dict, config: dict, train_rows: list[dict], held
     mspec = ModelSpec(**model_spec)
     tok = load_tokenizer(mspec)
     d = config["data"]
-    model = load_model(mspec, device).eval()
+    runtime = runtime or {}
+    model = load_model(mspec, device, runtime.get("attention", "sdpa")).eval()
     pairs = {s: encode(rows, tok, d["max_length"], d["prompt_budget"], f"data.{s}")
              for s, rows in (("train", train_rows), ("heldout", heldout_rows))}
-    return _reference(model, pairs, config["train"]["eval_batch_size"], tok.pad_token_id, device)
+    return _reference(Forward(model), pairs, config["train"]["eval_batch_size"], tok.pad_token_id, device,
+                      share_prompt(runtime))
 
 
-def _reference(model, pairs: dict[str, list[Pair]], batch_size: int, pad: int, device) -> dict:
-    return {s: _all_logps(model, ps, batch_size, pad, device) for s, ps in pairs.items()}
+def _reference(fwd: Forward, pairs: dict[str, list[Pair]], batch_size: int, pad: int, device, share: bool) -> dict:
+    return {s: _all_logps(fwd, ps, batch_size, pad, device, share) for s, ps in pairs.items()}
 
 
 def _device() -> torch.device:
@@ -158,6 +163,8 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     random.seed(seed)
     torch.manual_seed(seed)
     device = _device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # a Ray worker may train several cells: peak per cell
 
     mspec = ModelSpec(**model_spec)
     tok = load_tokenizer(mspec)
@@ -176,13 +183,15 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
-    policy = torch.compile(model) if runtime.get("compile") else model  # training forward only
+    share = share_prompt(runtime)
+    fwd = Forward(model)
+    policy = Forward(model, compile=True) if runtime.get("compile") else fwd  # training forward only
 
     t_ref = time.perf_counter()
     if objective.needs_reference and ref is None:  # not shared by the runner: the policy with its adapter off
         model.eval()
         with model.disable_adapter():
-            ref = _reference(model, {"train": train_pairs, "heldout": held_pairs}, t["eval_batch_size"], pad, device)
+            ref = _reference(fwd, {"train": train_pairs, "heldout": held_pairs}, t["eval_batch_size"], pad, device, share)
     ref_seconds = time.perf_counter() - t_ref
     ref_train = ref["train"] if objective.needs_reference else None
     ref_held = ref["heldout"] if objective.needs_reference else None
@@ -215,14 +224,15 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
         stats = []
         for m in range(0, len(idx), micro):
             _oom_hook(micro)
-            b = collate(train_pairs, idx[m : m + micro], pad).to(device)
-            total, avg, _ = _forward(policy, b)
+            b = collate(train_pairs, idx[m : m + micro], pad, share).to(device)
+            total, avg, _ = policy(b)
             c, r = _sides(total, avg, len(b.index), ref_train, torch.tensor(b.index))
             loss, cr, rr = objective(c, r, p)
             (loss.sum() / len(idx)).backward()
-            st["tokens"] += int(b.attention_mask.sum())
+            st["tokens"] += b.tokens  # counted as [prompt, completion] rows, as TRL would see them
             stats.append((loss.detach(), cr, rr, c, r))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
+        lr_used = sched.get_last_lr()[0]  # the rate this step trained with, as TRL logs it
         opt.step()
         sched.step()
         st["step"] = step = st["step"] + 1
@@ -231,11 +241,11 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
             c = LogProbs(cat(lambda x: x[3].sum), cat(lambda x: x[3].avg))
             r = LogProbs(cat(lambda x: x[4].sum), cat(lambda x: x[4].avg))
             row = _metrics("", cat(lambda x: x[0]), cat(lambda x: x[1]), cat(lambda x: x[2]), c, r, p["objective"])
-            row.update(step=step, epoch=step / steps_per_epoch, learning_rate=sched.get_last_lr()[0],
+            row.update(step=step, epoch=step / steps_per_epoch, learning_rate=lr_used,
                        grad_norm=float(grad_norm))
             st["train_log"].append(row)
         if step % eval_every == 0 and step != total_steps:
-            m_eval, _ = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
+            m_eval, _ = evaluate(fwd, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device, share)
             st["eval_log"].append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
             if es:  # lower is better for the loss, higher for accuracy and margins
                 value = m_eval[es["metric"]] * (1 if es["metric"] == "eval_loss" else -1)
@@ -253,7 +263,8 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     train_seconds = time.perf_counter() - t0
     step, train_log, eval_log = st["step"], st["train_log"], st["eval_log"]
 
-    m_eval, pair_rows = evaluate(model, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device)
+    m_eval, pair_rows = evaluate(fwd, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device,
+                                 share)
     eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
 
     (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_log))

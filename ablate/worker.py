@@ -19,16 +19,18 @@ from . import storage
 from .cells import stable_hash
 from .checkpoint import Checkpointer
 from .storage import Store
-from .train import reference_logps, train_cell
+from .train import reference_logps, share_prompt, train_cell
 
 
-def reference_key(config: dict) -> str:
+def reference_key(config: dict, runtime: dict) -> str:
     """What DPO's reference log-probs depend on: the base model, the data and how it is cut and batched."""
-    return stable_hash({"model": config["model"], "data": config["data"],
+    return stable_hash({"model": config["model"], "data": config["data"], "share_prompt": share_prompt(runtime),
+                        "attention": runtime.get("attention", "sdpa"),
                         "eval_batch_size": config["train"]["eval_batch_size"]})
 
 
-def shared_reference(results: str, key: str, config: dict, model_spec: dict, train_rows, heldout_rows) -> dict:
+def shared_reference(results: str, key: str, config: dict, model_spec: dict, train_rows, heldout_rows,
+                     runtime: dict) -> dict:
     """The reference log-probs for `key`, computed once per matrix and kept in refcache/ beside the results."""
     store = Store(results)
     rel = f"refcache/{key}.pt"
@@ -36,7 +38,7 @@ def shared_reference(results: str, key: str, config: dict, model_spec: dict, tra
         return torch.load(io.BytesIO(store.read_bytes(rel)), weights_only=True)
     except FileNotFoundError:
         pass
-    ref = reference_logps(model_spec, config, train_rows, heldout_rows)
+    ref = reference_logps(model_spec, config, train_rows, heldout_rows, runtime)
     buf = io.BytesIO()
     torch.save(ref, buf)
     store.write_bytes(rel, buf.getvalue())
