@@ -369,8 +369,9 @@ def worker_ablate(job: dict) -> dict:
 
 
 def worker_profile(job: dict) -> dict:
-    """Where an ablate DPO cell's time goes, phase by phase (diagnostic: uses ablate internals, so it may
-    need updating when they move; the comparison itself uses only ablate.api.run).
+    """Where a DPO cell's time goes, phase by phase, in the textbook layout ([prompt, completion] rows, full
+    logits) that ablate's forward.py improves on (diagnostic: uses ablate internals, so it may need updating
+    when they move; the comparison itself uses only ablate.api.run).
 
     Cold model load, the reference pass over the train pairs (what the shared reference task computes),
     then a few training steps in ablate's order timed per phase: collate, backbone forward, LM head +
@@ -388,7 +389,8 @@ def worker_profile(job: dict) -> dict:
     from ablate.losses import OBJECTIVES, LogProbs, token_logprobs
     from ablate.models import load_model, load_tokenizer
     from ablate.plan import make_plan
-    from ablate.train import _all_logps
+    from ablate.forward import Forward
+    from ablate.train import _all_logps, share_prompt
 
     dev = torch.device(job["device"])
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)  # noqa: E731
@@ -408,7 +410,7 @@ def worker_profile(job: dict) -> dict:
     model, t_load = clock(lambda: load_model(plan.spec.model, dev).eval())
     pad = tok.pad_token_id
     with torch.no_grad():
-        ref, t_ref = clock(lambda: _all_logps(model, pairs, t["eval_batch_size"], pad, dev))
+        ref, t_ref = clock(lambda: _all_logps(Forward(model), pairs, t["eval_batch_size"], pad, dev, share_prompt({})))
     model = get_peft_model(model, LoraConfig(r=p["lora_rank"], lora_alpha=t["lora"]["alpha_over_rank"] * p["lora_rank"],
                                              lora_dropout=0.0, target_modules=t["lora"]["targets"], task_type="CAUSAL_LM"))
     model.train()
