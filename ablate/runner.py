@@ -163,8 +163,10 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
                 if on_done:
                     on_done(out)
     except KeyboardInterrupt:
-        for ref in pending:
+        for ref in [*pending, *references.values()]:
             ray.cancel(ref, force=True)
+        # Let the cancellations settle before the driver shuts Ray down (Ray can abort on a half-cancelled task).
+        ray.wait([*pending, *references.values()], num_returns=len(pending) + len(references), timeout=10)
         for c in todo:  # the killed workers could not clear their own heartbeats
             storage.clear_running(plan.results, c.id)
         raise
