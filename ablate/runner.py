@@ -71,8 +71,11 @@ def task_resources(res: ResourceSpec) -> dict:
     return opts
 
 
-def check_schedulable(res: ResourceSpec) -> None:
-    """Fail within seconds, naming the field, if no node of the cluster could ever run one cell."""
+def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
+    """Fail within seconds, naming the field, if no node of the cluster could ever run one cell. On a
+    cluster, nodes still joining get `wait_s` seconds (ABLATE_NODE_WAIT_S, default 30) to appear."""
+    import time
+
     import ray
 
     want = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell, **res.custom}
@@ -81,9 +84,14 @@ def check_schedulable(res: ResourceSpec) -> None:
     if res.accelerator_type:
         want[f"accelerator_type:{res.accelerator_type}"] = 0.001
     want = {k: v for k, v in want.items() if v}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(k, 0) >= v for k, v in want.items()) for node in nodes):
-        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        if any(all(node.get(k, 0) >= v for k, v in want.items()) for node in nodes):
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(2.0)
     field = {"CPU": "cpus_per_cell", "GPU": "gpus_per_cell", "memory": "memory_gb"}
     short = sorted({k for k, v in want.items() if not any(node.get(k, 0) >= v for node in nodes)})
     names = [field.get(k, "accelerator_type" if k.startswith("accelerator_type:") else f"custom.{k}") for k in short]
@@ -119,7 +127,8 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
 
     init_ray(address, num_cpus)
     res = plan.spec.resources
-    check_schedulable(res)
+    on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+    check_schedulable(res, float(os.environ.get("ABLATE_NODE_WAIT_S", 30)) if on_cluster else 0.0)
     opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
     task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
     threads = max(1, int(res.cpus_per_cell))
