@@ -216,6 +216,7 @@ def encode(rows: list[Row], tokenizer, max_length: int, prompt_budget: int, wher
     for i, row in enumerate(rows):
         p, c, r = render(row, tokenizer)
         pid = bos + tokenizer(p, add_special_tokens=False)["input_ids"]
+        pid = pid or eos or [tokenizer.pad_token_id]  # one context token, so the first completion token is scored
         cid = tokenizer(c, add_special_tokens=False)["input_ids"] + eos
         rid = tokenizer(r, add_special_tokens=False)["input_ids"] + eos
         shortest = len(pid) if shortest is None else min(shortest, len(pid))

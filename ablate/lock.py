@@ -27,6 +27,7 @@ class ResultsLock:
         self._file = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost = False  # set when another driver took the lease over (this one was silent too long)
 
     def _info(self) -> dict:
         return {**host_info(), "token": self.token, "since": self.since,
@@ -77,6 +78,10 @@ class ResultsLock:
     def _refresh(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
+                holder = self.store.read_json(LOCK)
+                if holder is not None and holder.get("token") != self.token:
+                    self.lost = True  # never write over a driver that took over; the runner stops
+                    return
                 self.store.write_text(LOCK, json.dumps(self._info()))
             except OSError:
                 pass  # a transient store error; the next beat retries

@@ -14,6 +14,7 @@ from typing import Callable
 
 from . import storage
 from .lock import ResultsLock
+from .storage import HEARTBEAT_S
 from .plan import Plan
 from .spec import MatrixError, ResourceSpec
 
@@ -107,7 +108,7 @@ def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
 def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], None] | None = None,
              on_done: Callback | None = None, num_cpus: int | None = None) -> list[dict]:
     """Train every cell not yet done; return the cell.json of each cell run now."""
-    with ResultsLock(plan.results):
+    with ResultsLock(plan.results) as lock:
         # Under the lock no other driver is training here, so a running/ marker is left over from a killed run.
         for info in plan.results.listdir("running"):
             plan.results.delete(f"running/{info.base_name}")
@@ -119,10 +120,10 @@ def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], N
         if not todo:
             return []
         with _sigterm_as_interrupt():
-            return _run_cells(plan, todo, address, on_done, num_cpus)
+            return _run_cells(plan, todo, address, on_done, num_cpus, lock)
 
 
-def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
+def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) -> list[dict]:
     import ray
 
     init_ray(address, num_cpus)
@@ -134,7 +135,8 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
     threads = max(1, int(res.cpus_per_cell))
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
     model_spec = plan.spec.model.model_dump(mode="json")
-    runtime = {**{k: getattr(plan.spec.train, k) for k in RUNTIME_KEYS}, "max_oom_retries": res.max_oom_retries}
+    runtime = {**{k: getattr(plan.spec.train, k) for k in RUNTIME_KEYS}, "max_oom_retries": res.max_oom_retries,
+               "device": "cuda" if res.gpus_per_cell > 0 else "cpu"}
     results = plan.results.uri
 
     from .losses import OBJECTIVES
@@ -156,12 +158,21 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
     pending = list(refs)
     try:
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=HEARTBEAT_S)
+            if lock.lost:
+                raise MatrixError([f"{plan.results.uri}: another ablate run took over these results after this one "
+                                   "was silent for a minute; stopping so the two never train the same cell"])
             for ref in ready:
                 cell = refs[ref]
                 try:
                     out = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - a lost worker after its retries, or a failed reference
+                    if storage.cell_status(plan.results, cell.id) == "done":  # it published, then its worker died
+                        out = {**storage.read_cell_json(plan.results, cell.id), "label": cell.label}
+                        finished.append(out)
+                        if on_done:
+                            on_done(out)
+                        continue
                     cause = getattr(e, "cause", None) or e
                     out = {"id": cell.id, "params": cell.params, "config": cell.config, "status": "failed",
                            "error_type": type(cause).__name__, "error": (str(cause).splitlines() or [""])[0]}
@@ -171,7 +182,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus) -> list[dict]:
                 finished.append(out)
                 if on_done:
                     on_done(out)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, MatrixError):  # Ctrl-C / SIGTERM, or the results lock was lost
         for ref in [*pending, *references.values()]:
             ray.cancel(ref, force=True)
         # Let the cancellations settle before the driver shuts Ray down (Ray can abort on a half-cancelled task).

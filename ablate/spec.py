@@ -193,7 +193,7 @@ class DecisionSpec(Strict):
 class ResourceSpec(Strict):
     """What one cell asks Ray for. Fractional GPUs let several small cells share one GPU."""
 
-    gpus_per_cell: float = Field(0.0, ge=0, le=64)
+    gpus_per_cell: float = Field(0.0, ge=0, le=64, description="0 trains on CPU; at most 1 (fractions share a GPU)")
     cpus_per_cell: float = Field(1.0, gt=0, le=1024)
     memory_gb: PosFloat | None = Field(None, le=65_536)
     accelerator_type: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="e.g. H100, A100-80G")
@@ -204,9 +204,9 @@ class ResourceSpec(Strict):
     @field_validator("gpus_per_cell")
     @classmethod
     def _whole_above_one(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpus_per_cell {v}: above 1 it must be a whole number (Ray shares a GPU only "
-                             "in fractions of one)")
+        if v > 1:
+            raise ValueError(f"gpus_per_cell {v}: a cell trains on one GPU; allowed: 0 (CPU), a fraction such "
+                             "as 0.5 (cells share a GPU) or 1")
         return v
 
     @field_validator("custom")

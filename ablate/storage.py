@@ -53,7 +53,8 @@ class Store:
         elif is_uri(location):
             self.fs, self.root = pafs.FileSystem.from_uri(location)
         else:
-            self.fs, self.root = pafs.LocalFileSystem(), str(Path(location).resolve())
+            # abspath, not resolve(): a symlink on the driver host may not exist on the workers
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(location)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.uri = self.root if self.local else location  # a URI keeps its query for the workers
         self.root = self.root.rstrip("/")

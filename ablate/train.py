@@ -106,23 +106,27 @@ def reference_logps(model_spec: dict, config: dict, train_rows: list[dict], held
     """DPO's reference log-probs (the frozen base model) for every train and held-out pair. They depend only
     on model, data, lengths and eval batch — not on rank, β or seed — so one computation serves every DPO
     cell (see worker.reference_key)."""
-    device = _device()
+    runtime = runtime or {}
+    device = _device(runtime)
     mspec = ModelSpec(**model_spec)
     tok = load_tokenizer(mspec)
     d = config["data"]
-    runtime = runtime or {}
     model = load_model(mspec, device, runtime.get("attention", "sdpa")).eval()
     pairs = {s: encode(rows, tok, d["max_length"], d["prompt_budget"], f"data.{s}")
              for s, rows in (("train", train_rows), ("heldout", heldout_rows))}
-    return _reference(Forward(model), pairs, config["train"]["eval_batch_size"], tok.pad_token_id, device,
-                      share_prompt(runtime))
+    return _reference(Forward(model), pairs, runtime.get("eval_batch_size") or config["train"]["eval_batch_size"],
+                      tok.pad_token_id, device, share_prompt(runtime))
 
 
 def _reference(fwd: Forward, pairs: dict[str, list[Pair]], batch_size: int, pad: int, device, share: bool) -> dict:
     return {s: _all_logps(fwd, ps, batch_size, pad, device, share) for s, ps in pairs.items()}
 
 
-def _device() -> torch.device:
+def _device(runtime: dict | None = None) -> torch.device:
+    """CUDA when the cell asked for a GPU (Ray then exposes only its share), or when run outside Ray with one;
+    a cell with gpus_per_cell 0 stays on CPU even on a GPU node, since Ray accounted no GPU for it."""
+    if (runtime or {}).get("device") == "cpu":
+        return torch.device("cpu")
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -158,11 +162,12 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
 
     p, t = config["params"], config["train"]
     runtime = runtime or {}
+    eval_bs = runtime.get("eval_batch_size") or t["eval_batch_size"]  # halved with the micro-batch after an OOM
     objective = OBJECTIVES[p["objective"]]
     seed = int(p["seed"])
     random.seed(seed)
     torch.manual_seed(seed)
-    device = _device()
+    device = _device(runtime)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # a Ray worker may train several cells: peak per cell
 
@@ -191,7 +196,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     if objective.needs_reference and ref is None:  # not shared by the runner: the policy with its adapter off
         model.eval()
         with model.disable_adapter():
-            ref = _reference(fwd, {"train": train_pairs, "heldout": held_pairs}, t["eval_batch_size"], pad, device, share)
+            ref = _reference(fwd, {"train": train_pairs, "heldout": held_pairs}, eval_bs, pad, device, share)
     ref_seconds = time.perf_counter() - t_ref
     ref_train = ref["train"] if objective.needs_reference else None
     ref_held = ref["heldout"] if objective.needs_reference else None
@@ -245,7 +250,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
                        grad_norm=float(grad_norm))
             st["train_log"].append(row)
         if step % eval_every == 0 and step != total_steps:
-            m_eval, _ = evaluate(fwd, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device, share)
+            m_eval, _ = evaluate(fwd, held_pairs, p["objective"], p, ref_held, eval_bs, pad, device, share)
             st["eval_log"].append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
             if es:  # lower is better for the loss, higher for accuracy and margins
                 value = m_eval[es["metric"]] * (1 if es["metric"] == "eval_loss" else -1)
@@ -263,7 +268,7 @@ def train_cell(config: dict, model_spec: dict, train_rows: list[dict], heldout_r
     train_seconds = time.perf_counter() - t0
     step, train_log, eval_log = st["step"], st["train_log"], st["eval_log"]
 
-    m_eval, pair_rows = evaluate(fwd, held_pairs, p["objective"], p, ref_held, t["eval_batch_size"], pad, device,
+    m_eval, pair_rows = evaluate(fwd, held_pairs, p["objective"], p, ref_held, eval_bs, pad, device,
                                  share)
     eval_log.append({**m_eval, "step": step, "epoch": step / steps_per_epoch})
 

@@ -25,6 +25,7 @@ from .train import reference_logps, share_prompt, train_cell
 def reference_key(config: dict, runtime: dict) -> str:
     """What DPO's reference log-probs depend on: the base model, the data and how it is cut and batched."""
     return stable_hash({"model": config["model"], "data": config["data"], "share_prompt": share_prompt(runtime),
+                        "ablate_version": config.get("ablate_version"),
                         "attention": runtime.get("attention", "sdpa"),
                         "eval_batch_size": config["train"]["eval_batch_size"]})
 
@@ -38,7 +39,16 @@ def shared_reference(results: str, key: str, config: dict, model_spec: dict, tra
         return torch.load(io.BytesIO(store.read_bytes(rel)), weights_only=True)
     except FileNotFoundError:
         pass
-    ref = reference_logps(model_spec, config, train_rows, heldout_rows, runtime)
+    eval_bs = config["train"]["eval_batch_size"]
+    while True:  # an OOM here would fail every DPO cell: retry at half the batch, down to 1
+        try:
+            ref = reference_logps(model_spec, config, train_rows, heldout_rows, {**runtime, "eval_batch_size": eval_bs})
+            break
+        except torch.OutOfMemoryError:
+            if eval_bs == 1:
+                raise
+            eval_bs = max(1, eval_bs // 2)
+            _free_memory()
     buf = io.BytesIO()
     torch.save(ref, buf)
     store.write_bytes(rel, buf.getvalue())
@@ -65,6 +75,8 @@ class Heartbeat:
         self._changed = True
 
     def _write(self) -> None:
+        if self._stop.is_set():  # never resurrect a marker after stop() removed it
+            return
         self._changed, self._written = False, time.time()
         try:
             storage.write_running(self.store, self.cell_id, self.info)
@@ -79,7 +91,10 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        storage.clear_running(self.store, self.cell_id)
+        try:
+            storage.clear_running(self.store, self.cell_id)
+        except OSError:
+            pass  # a stale marker expires by itself; it must not turn a published cell into a failure
 
 
 def _node_id() -> str | None:
@@ -107,13 +122,14 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
     beat = Heartbeat(store, cell_id, {**storage.host_info(), "node_id": node, "started": time.time()}).start()
     ckpt = Checkpointer(store, cell_id, runtime.get("checkpoint_every_steps"), on_progress=beat.progress)
     t = config["train"]
-    micro, ooms = t["batch_size"] // t["grad_accum"], 0
+    micro, ooms, eval_bs = t["batch_size"] // t["grad_accum"], 0, t["eval_batch_size"]
     try:
         while True:
             staging = storage.new_cell_staging(store, cell_id)
             try:
                 summary = train_cell(config, model_spec, train_rows, heldout_rows, staging, ref=ref,
-                                     micro_batch=micro, checkpoint=ckpt, runtime=runtime)
+                                     micro_batch=micro, checkpoint=ckpt,
+                                     runtime={**runtime, "eval_batch_size": eval_bs})
                 break
             except torch.OutOfMemoryError as e:
                 _discard(staging)
@@ -124,7 +140,7 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
                                            "train.batch_size, set train.gradient_checkpointing, or ask for more GPU")
                     storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
                     return cell_json
-                micro, ooms = max(1, micro // 2), ooms + 1
+                micro, eval_bs, ooms = max(1, micro // 2), max(1, eval_bs // 2), ooms + 1
                 del e
             except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
                 _discard(staging)
@@ -144,6 +160,10 @@ def _discard(staging) -> None:
     import shutil
 
     shutil.rmtree(staging, ignore_errors=True)
+    _free_memory()
+
+
+def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -69,3 +69,11 @@ def test_shared_prompt_layout_hides_chosen_from_rejected(setup):
     assert not m[P + C :, P : P + C].any()  # rejected never sees chosen
     assert m[P + C :, :P].all()  # but sees the whole prompt
     assert b.position_ids[0, P + C].item() == P  # rejected positions restart after the prompt
+
+
+def test_empty_prompt_still_scores_the_first_completion_token(setup):
+    tok, model, _ = setup
+    pairs = encode([{"prompt": "", "chosen": "ab", "rejected": "xb"}], tok, 32, 16, "t")
+    assert pairs[0].prompt  # a context token stands in for the missing prompt (the builtin tokenizer has no BOS)
+    b = collate(pairs, [0], tok.pad_token_id, True)
+    assert b.seq.tolist().count(0) == len(pairs[0].chosen) and b.seq.tolist().count(1) == len(pairs[0].rejected)

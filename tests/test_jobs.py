@@ -309,8 +309,9 @@ def test_token_auth_is_used_and_never_shown(tmp_path):
         m["decision"]["baseline"] = {"objective": "dpo"}
         (tmp_path / "a.yaml").write_text(yaml.safe_dump(m))
         args = ("submit", tmp_path / "a.yaml", "--address", h.url, "--results", tmp_path / "res")
-        outs = [cli(*args), cli(*args, RAY_AUTH_TOKEN=token)]  # this process runs with RAY_AUTH_MODE unset
-        # Ray reads RAY_AUTH_MODE once per process: the token cases run the real command line in a new one.
+        # Ray reads the auth mode and token once per process (and an in-process ray.init elsewhere in the suite
+        # would have set them), so every case runs the real command line in a fresh process.
+        outs = [ablate(*args), ablate(*args, env=base_env(**{**NO_AUTH, "RAY_AUTH_TOKEN": token}))]
         outs.append(ablate(*args, env=base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))))
         for out, msg in zip(outs, ("requires token authentication", "RAY_AUTH_MODE=token", "rejected")):
             assert out.returncode == 2 and msg in out.stderr, out.stderr

@@ -64,3 +64,12 @@ def test_fractional_share_runs_two_cells_at_once_on_one_unit(tmp_path):
     assert [o["status"] for o in out] == ["done", "done"]
     (a0, a1), (b0, b1) = [(o["started_at"], o["finished_at"]) for o in out]
     assert a0 < b1 and b0 < a1  # the two cells overlapped on the single slot
+
+
+def test_more_than_one_gpu_per_cell_is_refused():
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="a cell trains on one GPU"):
+        ResourceSpec(gpus_per_cell=2)
+    assert ResourceSpec(gpus_per_cell=0.25).gpus_per_cell == 0.25
