@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import string
 
-import torch
 
 BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
 _BASE_SEED = 1234  # the base weights never depend on a cell's seed
@@ -22,7 +21,9 @@ def builtin_tokenizer():
     return ByT5Tokenizer()
 
 
-def builtin_model(name: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+def builtin_model(name: str, dtype: "torch.dtype | None" = None, attn_implementation: str = "sdpa"):
+    import torch
+
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
@@ -51,7 +52,7 @@ def builtin_model(name: str, dtype: torch.dtype = torch.float32, attn_implementa
         model = cls(config)
     finally:
         torch.random.set_rng_state(state)
-    return model.to(dtype)
+    return model.to(dtype or torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .builtin import builtin_rows
 from .spec import BuiltinData, MatrixError
 
@@ -259,6 +257,8 @@ def collate(pairs: list[Pair], index: list[int], pad_id: int) -> Batch:
     """Chosen and rejected of each pair, right-padded into one [2B, T] batch for one forward pass."""
     seqs = [(pairs[i].prompt, pairs[i].chosen) for i in index] + [(pairs[i].prompt, pairs[i].rejected) for i in index]
     T = max(len(p) + len(c) for p, c in seqs)
+    import torch  # here, not at the top: planning and reporting never need torch
+
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), T), dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)

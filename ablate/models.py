@@ -6,12 +6,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from . import builtin
 from .spec import MatrixError, ModelSpec
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 _FULL_HASH_LIMIT = 64 << 20  # files above this are identified by size + head and tail hashes
 
 
@@ -82,8 +81,10 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_model(spec: ModelSpec, device: torch.device, attention: str = "sdpa"):
-    dtype = DTYPES[spec.dtype]
+def load_model(spec: ModelSpec, device, attention: str = "sdpa"):
+    import torch
+
+    dtype = getattr(torch, spec.dtype)
     name = _builtin_name(spec)
     if name is not None:
         model = builtin.builtin_model(name, dtype, attention)
