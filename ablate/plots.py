@@ -82,7 +82,8 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
         for cid, q in quart.iterrows():
             ax.plot(["Q1", "Q2", "Q3", "Q4"], q[["Q1", "Q2", "Q3", "Q4"]].to_numpy(float), "o-", label=names[cid])
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("quartile of (chosen − rejected) length in tokens: Q1 = chosen shortest relative to rejected → Q4 = longest")
+        ax.set_xlabel("quartile of (chosen − rejected) length in tokens\n"
+                      "Q1 = chosen shortest relative to rejected → Q4 = chosen longest")
         ax.set_ylabel("held-out accuracy")
         ax.set_title("Accuracy by length difference (flat = length-robust)")
         ax.legend(fontsize=8)
