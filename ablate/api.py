@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import collect
 from .plan import make_plan
 from .runner import run_plan
 
@@ -24,5 +23,5 @@ def run(matrix, results: str | Path | None = None, address: str | None = None,
 
     plan = make_plan(matrix, results)
     run_plan(plan, address=address, num_cpus=num_cpus)
-    build_report(plan.results)
-    return collect(plan.results, write=False)
+    rep = build_report(plan.results)  # collects once, writes both tables and report.md
+    return rep.cells, rep.pairs

@@ -254,7 +254,9 @@ class Batch:
 
 
 def collate(pairs: list[Pair], index: list[int], pad_id: int) -> Batch:
-    """Chosen and rejected of each pair, right-padded into one [2B, T] batch for one forward pass."""
+    """Chosen and rejected of each pair, right-padded into one [2B, T] batch: the textbook layout. Training
+    uses forward.collate; this one stays as the independent reference tests/test_forward.py and the bench
+    profile compare it with."""
     seqs = [(pairs[i].prompt, pairs[i].chosen) for i in index] + [(pairs[i].prompt, pairs[i].rejected) for i in index]
     T = max(len(p) + len(c) for p, c in seqs)
     import torch  # here, not at the top: planning and reporting never need torch

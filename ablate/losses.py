@@ -74,7 +74,8 @@ OBJECTIVES = {
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 8):
-    """Summed and averaged log-probs of completion tokens, with the one-token label shift.
+    """Summed and averaged log-probs of completion tokens, with the one-token label shift, from full logits
+    (the textbook pass; training uses forward.Forward, which tests/test_forward.py checks against this).
 
     Logits at position t predict token t+1, so a token counts when loss_mask is 1 at its own position.
     Rows are processed in chunks so the fp32 log-softmax never holds the whole [N, T, V] at once.

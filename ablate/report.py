@@ -30,6 +30,8 @@ class Report:
     lines: list[str]  # headline and notes, in order
     markdown: str
     plots: list[str]
+    cells: pd.DataFrame  # the collected tables the report was built from
+    pairs: pd.DataFrame
 
 
 def _fmt(x, spec=".3f", none="–"):
@@ -119,7 +121,7 @@ def build_report(results: str | Path | Store, rule: str | None = None, alpha: fl
     md = _markdown(plan["name"], rows, lines, quart, cells, png)
     if write:
         results.write_text("report.md", md)
-    return Report(plan["name"], decision, rows, lines, md, png)
+    return Report(plan["name"], decision, rows, lines, md, png, cells, pairs)
 
 
 def _markdown(name, rows, lines, quart, cells, png) -> str:

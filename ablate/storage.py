@@ -46,11 +46,9 @@ def join(location: str | Path, rel: str) -> str:
 class Store:
     """One directory (a results root or one matrix's results) on a pyarrow filesystem."""
 
-    def __init__(self, location: str | Path, _fs: pafs.FileSystem | None = None):
+    def __init__(self, location: str | Path):
         location = str(location)
-        if _fs is not None:
-            self.fs, self.root = _fs, location
-        elif is_uri(location):
+        if is_uri(location):
             self.fs, self.root = pafs.FileSystem.from_uri(location)
         else:
             # abspath, not resolve(): a symlink on the driver host may not exist on the workers
@@ -64,11 +62,6 @@ class Store:
 
     def __str__(self) -> str:
         return self.uri
-
-    def child(self, rel: str) -> Store:
-        s = Store(f"{self.root}/{rel}", _fs=self.fs)
-        s.uri = join(self.uri, rel)
-        return s
 
     def path(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else self.root
@@ -133,29 +126,12 @@ class Store:
             if f.is_file() and f.name not in skip:
                 self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
 
-    def download_dir(self, rel: str, local_dir: Path) -> None:
-        base = self.path(rel)
-        for info in self.listdir(rel, recursive=True):
-            if info.type == pafs.FileType.File:
-                dest = Path(local_dir) / info.path[len(base) + 1:]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(self.read_bytes(info.path[len(self.root) + 1:]))
-
-
 def as_store(results: str | Path | Store) -> Store:
     return results if isinstance(results, Store) else Store(results)
 
 
 def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    Store(Path(path).parent).write_bytes(Path(path).name, data)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 # -- cell states -------------------------------------------------------------------------------
