@@ -150,7 +150,8 @@ def run_cell(cell_id: str, config: dict, model_spec: dict, train_rows: list[dict
                 return cell_json
         cell_json.update(status="done", oom_retries=ooms, finished_at=time.time(), **summary)
         (staging / "cell.json").write_text(storage.dump_json(cell_json))
-        storage.publish_cell(store, cell_id, staging)
+        if not storage.publish_cell(store, cell_id, staging):  # another attempt finished first: report theirs
+            return storage.read_cell_json(store, cell_id) or cell_json
         return cell_json
     finally:
         beat.stop()

@@ -285,6 +285,10 @@ def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path):
         info = wait_for(training, what="the cell to pass step 3")
         node = next(n for n in nodes if n.node_id == info["node_id"])
         cluster.remove_node(node, allow_graceful=False)
+        try:  # a lost machine takes its processes with it; on one host the worker could outlive its raylet
+            os.kill(info["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         removed["node_id"] = info["node_id"]
 
     killer = threading.Thread(target=kill_node_when_training, daemon=True)
