@@ -2,7 +2,7 @@
 
     import ablate
     cells, pairs = ablate.run("matrices/quickstart.yaml")
-    d = ablate.decide(cells, pairs, rule="paired_bootstrap")
+    d = ablate.decide(cells, pairs)
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .plan import make_plan
-from .runner import run_plan
+from .cluster.runner import run_plan
+from .matrix.plan import make_plan
+from .verdict.report import build_report
 
 
 def run(matrix, results: str | Path | None = None, address: str | None = None,
         num_cpus: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate `matrix` (a path or a MatrixSpec), train every unfinished cell on Ray, write
     cells.parquet / pairs.parquet / report.md, and return (cells, pairs) as DataFrames."""
-    from .report import build_report
-
     plan = make_plan(matrix, results)
     run_plan(plan, address=address, num_cpus=num_cpus)
     rep = build_report(plan.results)  # collects once, writes both tables and report.md

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
 
-from .spec import MatrixError
+from .errors import UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,24 +33,39 @@ JOB_ADDRESS = typer.Option(None, "--address", "-a", show_default=False,
 JOB_ID = typer.Option(..., "--job", "-j", help="The Ray job id printed by `ablate submit`.", show_default=False)
 
 
-def _fail(e: MatrixError) -> None:
+def _fail(e: UserError) -> None:
+    if getattr(e, "one_line", False):  # a cluster job's error: one line (or nothing after Ctrl-C)
+        if e.code != 130:
+            from rich.text import Text
+
+            err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
+        raise typer.Exit(e.code)
     err.print(f"[bold red]{len(e.problems)} problem(s); nothing was run:[/bold red]")
     for p in e.problems:
         err.print(f"  ✗ {p}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Every mistake a user can fix ends as `_fail`'s message and exit code, never a traceback."""
+    try:
+        yield
+    except UserError as e:
+        _fail(e)
+
+
 def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .plan import make_plan
-    from .report import build_report, print_report
-    from .runner import run_plan, shutdown
+    from .cluster.runner import run_plan, shutdown
+    from .matrix.plan import make_plan
+    from .verdict.report import build_report, print_report
 
     t0 = time.perf_counter()
     try:
         plan = make_plan(matrix, results)
-    except MatrixError as e:
+    except UserError as e:
         _fail(e)
     status = plan.status()
     n_done = sum(s == "done" for s in status.values())
@@ -79,7 +95,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
 
     try:
         run_plan(plan, address=address, on_start=on_start, on_done=on_done)
-    except MatrixError as e:  # the results are locked by another run, or no node can run a cell
+    except UserError as e:  # the results are locked by another run, or no node can run a cell
         progress.stop()
         shutdown()
         _fail(e)
@@ -108,7 +124,9 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
 @app.command()
 def run(matrix: Path = MATRIX, results: Optional[str] = RESULTS, address: Optional[str] = ADDRESS) -> None:
     """Validate MATRIX, train every cell not already done, then print the decision report."""
-    from .jobs import check_client_versions; check_client_versions()  # noqa: E702 - inside `ablate submit`'s job
+    from .cluster.jobclient import check_client_versions
+
+    check_client_versions()  # a no-op unless this runs inside `ablate submit`'s job
     _run(matrix, results, address, "run")
 
 
@@ -121,11 +139,11 @@ def resume(matrix: Path = MATRIX, results: Optional[str] = RESULTS, address: Opt
 @app.command()
 def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
     """Check MATRIX and its data files and list every problem at once. Starts no Ray and loads no model."""
-    from .plan import make_plan
+    from .matrix.plan import make_plan
 
     try:
         plan = make_plan(matrix, results)
-    except MatrixError as e:
+    except UserError as e:
         _fail(e)
     status = plan.status()
     console.print(f"[green]OK[/green] {matrix}: {len(plan.cells)} cells "
@@ -138,10 +156,10 @@ def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
 
 def _results_dir(target: str, results: Optional[str]) -> str:
     """Accept a results directory or URI, or a matrix file (whose results directory is then used)."""
-    from .storage import join
+    from .results.storage import join
 
     if "://" not in target and Path(target).is_file():
-        from .spec import load_matrix
+        from .matrix.yamlfile import load_matrix
 
         spec = load_matrix(target)
         return join(str(results or spec.storage), spec.name)
@@ -158,20 +176,20 @@ def status(target: Optional[str] = typer.Argument(None, help="A results director
     """Show each cell's state (pending / running / failed / done) and headline numbers."""
     from rich.table import Table
 
-    from .collect import collect
+    from .results.collect import collect
 
     if job is not None:  # a submitted Ray Job: its state, and its cells when the results are readable here
-        from . import jobs
+        from .cluster import jobs
 
-        with jobs.user_errors(err):
+        with _user_errors():
             jobs.show_status(job, address, console, err)
         return
     if target is None:
-        _fail(MatrixError(["status: give a results directory or a matrix file, or --job ID --address URL"]))
+        _fail(UserError(["status: give a results directory or a matrix file, or --job ID --address URL"]))
 
     try:
         cells, _ = collect(_results_dir(target, results), write=False)
-    except MatrixError as e:
+    except UserError as e:
         _fail(e)
     table = Table(title=str(target), title_justify="left")
     for c in ("cell id", "cell", "status", "held-out acc", "train s", "error"):
@@ -194,15 +212,15 @@ def report(target: str = typer.Argument(..., help="A results directory (results/
            alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
            results: Optional[str] = RESULTS) -> None:
     """Collect the tables, decide, and print the report; writes cells.parquet, pairs.parquet, report.md, PNGs."""
-    from .report import build_report, print_report
+    from .verdict.report import build_report, print_report
 
     if rule is not None and rule not in ("paired_exact", "paired_bootstrap", "seed_rule"):
-        _fail(MatrixError([f"--rule: {rule!r} is not a rule; allowed: paired_exact, paired_bootstrap, seed_rule"]))
+        _fail(UserError([f"--rule: {rule!r} is not a rule; allowed: paired_exact, paired_bootstrap, seed_rule"]))
     if alpha is not None and not 0 < alpha < 0.5:
-        _fail(MatrixError([f"--alpha: {alpha} must be in (0, 0.5)"]))
+        _fail(UserError([f"--alpha: {alpha} must be in (0, 0.5)"]))
     try:
         rep = build_report(_results_dir(target, results), rule=rule, alpha=alpha)
-    except MatrixError as e:
+    except UserError as e:
         _fail(e)
     print_report(rep, console)
 
@@ -214,37 +232,34 @@ def submit(matrix: Path = MATRIX, address: Optional[str] = JOB_ADDRESS,
                help="Results root as the cluster sees it: an absolute path every node can write, or a URI "
                     "(s3://…, gs://…). Default: the matrix's `storage`.")) -> None:
     """Validate MATRIX here, then submit it as a Ray Job (code, matrix and small local data shipped); print the job id."""
-    from . import jobs
+    from .cluster import jobs
 
-    with jobs.user_errors(err):
-        try:
-            jobs.submit(matrix, address, results, console)
-        except MatrixError as e:
-            _fail(e)
+    with _user_errors():
+        jobs.submit(matrix, address, results, console)
 
 
 @app.command()
 def logs(job: str = JOB_ID, follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends."),
          address: Optional[str] = JOB_ADDRESS) -> None:
     """Print a submitted job's driver log; --follow streams it until the job ends."""
-    from . import jobs
+    from .cluster import jobs
 
-    with jobs.user_errors(err):
+    with _user_errors():
         jobs.show_logs(job, address, follow, err)
 
 
 @app.command()
 def cancel(job: str = JOB_ID, address: Optional[str] = JOB_ADDRESS) -> None:
     """Stop a submitted job; cells already finished stay in its results."""
-    from . import jobs
+    from .cluster import jobs
 
-    with jobs.user_errors(err):
+    with _user_errors():
         jobs.cancel(job, address, console)
 
 
 def main() -> None:
     try:
         app()
-    except MatrixError as e:  # raised outside a command's own handling
+    except UserError as e:  # raised outside a command's own handling
         err.print("\n".join(e.problems), markup=False)
         sys.exit(2)

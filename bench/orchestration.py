@@ -77,8 +77,8 @@ def template_yaml(name: str) -> dict:
 def worker(op: str, matrix: str, results: str, repeats: int) -> dict:
     t = time.perf_counter()
     import ablate  # noqa: F401
-    from ablate.collect import collect  # ablate.data imports torch: most of this
-    from ablate.plan import make_plan
+    from ablate.results.collect import collect  # ablate.inputs.data imports torch: most of this
+    from ablate.matrix.plan import make_plan
 
     import_s = time.perf_counter() - t
 
@@ -100,7 +100,7 @@ def worker(op: str, matrix: str, results: str, repeats: int) -> dict:
     warm = [once()[0] for _ in range(repeats)]
     extra = {}
     if op == "plan":  # the pure expansion, for reference (ablate.cells.expand on the validated spec)
-        from ablate.cells import expand
+        from ablate.matrix.cells import expand
 
         plan = make_plan(matrix, results=results)
         ident, hashes = plan.cells[0].config["model"], plan.cells[0].config["data"]["hashes"]
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
 
         # 90% done, 5% failed, 5% pending, as after an interrupted run
         sys.path.insert(0, str(REPO))
-        from ablate.plan import make_plan
+        from ablate.matrix.plan import make_plan
 
         plan = make_plan(matrix, results=res_root)
         plan.write()
@@ -277,7 +277,7 @@ def markdown(out: dict) -> str:
                      f"| {'PASS' if r['pass'] else 'FAIL'} | {r['cold_seconds'] + r['import_seconds']:.2f} |")
     p = out["results"].get("plan", {})
     if "expand_only_seconds" in p:
-        lines += ["", "Cold = the first call in a fresh process, after importing `ablate.plan` and `ablate.collect` "
+        lines += ["", "Cold = the first call in a fresh process, after importing `ablate.matrix.plan` and `ablate.results.collect` "
                   f"({p['import_seconds']:.2f} s here, shown in the last column, a fixed cost whatever the matrix size); "
                   "pass/fail is judged on it. Warm = median of the repeated calls in that process. "
                   f"`ablate.cells.expand` alone: {p['expand_only_seconds'] * 1e3:.0f} ms for {p['expand_cells']} cells."]

@@ -213,7 +213,7 @@ def worker_trl(job: dict) -> dict:
     device, dtype = job["device"], getattr(torch, job["dtype"])
     t_start = time.perf_counter()
     if job["model"].startswith("builtin:"):
-        from ablate.builtin import builtin_model, builtin_tokenizer  # the same weights ablate's cells start from
+        from ablate.inputs.models import builtin_model, builtin_tokenizer  # the same weights ablate's cells start from
 
         model, tok = builtin_model(job["model"].removeprefix("builtin:"), dtype), builtin_tokenizer()
     else:
@@ -385,12 +385,14 @@ def worker_profile(job: dict) -> dict:
     warnings.filterwarnings("ignore")
     from peft import LoraConfig, get_peft_model
 
-    from ablate.data import collate, encode
-    from ablate.losses import OBJECTIVES, LogProbs, token_logprobs
-    from ablate.models import load_model, load_tokenizer
-    from ablate.plan import make_plan
-    from ablate.forward import Forward
-    from ablate.train import _all_logps, share_prompt
+    from ablate import objectives
+    from ablate.inputs.models import load_model, load_tokenizer
+    from ablate.inputs.tokenize import encode
+    from ablate.matrix.plan import make_plan
+    from ablate.worker.forward import Forward
+    from ablate.worker.losses import LogProbs, loss_for
+    from ablate.worker.recipe import all_logps
+    from ablate.worker.textbook import collate, token_logprobs
 
     dev = torch.device(job["device"])
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)  # noqa: E731
@@ -404,13 +406,14 @@ def worker_profile(job: dict) -> dict:
 
     plan = make_plan(job["matrix"], results=job["results"])
     cell = plan.cells[0]
-    d, t, p = cell.config["data"], cell.config["train"], cell.config["params"]
+    cfg = cell.config.to_json()
+    d, t, p = cfg["data"], cfg["train"], cfg["params"]
     tok, t_tok = clock(lambda: load_tokenizer(plan.spec.model))
     pairs, t_enc = clock(lambda: encode(plan.train_rows, tok, d["max_length"], d["prompt_budget"], "train"))
     model, t_load = clock(lambda: load_model(plan.spec.model, dev).eval())
     pad = tok.pad_token_id
     with torch.no_grad():
-        ref, t_ref = clock(lambda: _all_logps(Forward(model), pairs, t["eval_batch_size"], pad, dev, share_prompt({})))
+        ref, t_ref = clock(lambda: all_logps(Forward(model), pairs, t["eval_batch_size"], pad, dev, True))
     model = get_peft_model(model, LoraConfig(r=p["lora_rank"], lora_alpha=t["lora"]["alpha_over_rank"] * p["lora_rank"],
                                              lora_dropout=0.0, target_modules=t["lora"]["targets"], task_type="CAUSAL_LM"))
     model.train()
@@ -424,7 +427,7 @@ def worker_profile(job: dict) -> dict:
                                "head_all_positions_fwd_bwd", "head_completion_only_fwd_bwd")}
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    objective = OBJECTIVES[p["objective"]]
+    objective, needs_ref = loss_for(p["objective"]), objectives.get(p["objective"]).reference
     batches = [order[j * bs : (j + 1) * bs] for j in range(max(1, n_steps))]
     for i in range(n_steps + 1):  # the first pass warms up (on the first batch) and is not counted
         idx = batches[max(0, i - 1)]
@@ -433,8 +436,8 @@ def worker_profile(job: dict) -> dict:
         (total, avg, _n), t3 = clock(lambda: token_logprobs(base.lm_head(h), b.input_ids, b.loss_mask))
         B = len(idx)
         ix = torch.tensor(idx)
-        c = LogProbs(total[:B], avg[:B], ref["c_sum"][ix].to(dev) if objective.needs_reference else None)
-        r = LogProbs(total[B:], avg[B:], ref["r_sum"][ix].to(dev) if objective.needs_reference else None)
+        c = LogProbs(total[:B], avg[:B], ref["c_sum"][ix].to(dev) if needs_ref else None)
+        r = LogProbs(total[B:], avg[B:], ref["r_sum"][ix].to(dev) if needs_ref else None)
         loss = objective(c, r, p)[0]
         _, t4 = clock(lambda: (loss.sum() / B).backward())
         del h
@@ -668,7 +671,7 @@ def main(argv=None) -> int:
     try:
         # Model
         if isinstance(P["model"], str):
-            from ablate.builtin import builtin_model
+            from ablate.inputs.models import builtin_model
 
             model_path = P["model"]
             model_cfg = builtin_model(model_path.removeprefix("builtin:")).config.to_dict()
@@ -685,11 +688,11 @@ def main(argv=None) -> int:
                     "max_length": P["max_length"]}
             write_matrix(work / "probe.yaml", "probe", model_path, P["dtype"], data, P, ["simpo"], [16], steps,
                          {"cpus_per_cell": 1})
-            from ablate.plan import make_plan
+            from ablate.matrix.plan import make_plan
 
             plan = make_plan(work / "probe.yaml", results=work / "probe-results")
             train_rows, held_rows = plan.train_rows, plan.heldout_rows
-            from ablate.builtin import builtin_tokenizer
+            from ablate.inputs.models import builtin_tokenizer
 
             tok = builtin_tokenizer()
         else:

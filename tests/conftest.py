@@ -44,3 +44,36 @@ def write_jsonl(tmp_path):
         p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
         return p
     return _write
+
+
+def cli_env(**extra) -> dict:
+    """The environment a user's shell would give the CLI, plus test settings (hooks, COLUMNS, auth vars)."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **{k: str(v) for k, v in extra.items()}}
+
+
+def ablate_cli(*args, cwd=ROOT, env: dict | None = None, timeout: int = 600, **extra_env):
+    """The real command line in a fresh process, as a user runs it: `python -m ablate ARGS`."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env or cli_env(**extra_env), timeout=timeout)
+
+
+def ablate_start(*args, cwd=ROOT, env: dict | None = None, **extra_env):
+    """The command line started in the background (for tests that interrupt or kill it)."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "ablate", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or cli_env(**extra_env))
+
+
+def train_directly(plan, cell, results=None, **runtime) -> dict:
+    """One planned cell trained in this process (no Ray), as a worker would: returns its cell.json."""
+    from ablate.cluster.runner import runtime_for
+    from ablate.worker.cell import run_cell
+
+    rt = runtime_for(plan.spec).with_(**runtime)
+    return run_cell(cell.config, plan.spec.model, plan.train_rows, plan.heldout_rows,
+                    str(results if results is not None else plan.results), rt)

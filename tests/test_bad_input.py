@@ -25,8 +25,8 @@ import ray
 import yaml
 from typer.testing import CliRunner
 
-import ablate.runner
-from ablate.builtin import builtin_model
+import ablate.cluster.runner
+from ablate.inputs.models import builtin_model
 from ablate.cli import app
 from conftest import small_matrix
 
@@ -265,8 +265,8 @@ def test_bad_input_is_rejected_before_ray_with_one_clear_message(case, tmp_path,
         reached.append(a)
         raise AssertionError("the bad input passed validation and reached Ray")
 
-    monkeypatch.setattr(ablate.runner, "run_plan", must_not_run)
-    monkeypatch.setattr(ablate.runner, "init_ray", must_not_run)
+    monkeypatch.setattr(ablate.cluster.runner, "run_plan", must_not_run)
+    monkeypatch.setattr(ablate.cluster.runner, "init_ray", must_not_run)
     ray_before = ray.is_initialized()  # another test module may have left Ray running; we must not start it
     w = World(tmp_path)
     _finished_results(tmp_path / "results")

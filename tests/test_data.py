@@ -6,12 +6,17 @@ import socket
 import pytest
 from typer.testing import CliRunner
 
-from ablate.builtin import builtin_model, builtin_tokenizer, letters_task
-from ablate.data import collate, encode, load_rows
-from ablate.models import load_model, load_tokenizer
-from ablate.plan import make_plan
+from ablate.inputs.data import load_rows
+from ablate.inputs.letters import letters_task
+from ablate.inputs.models import builtin_model, builtin_tokenizer
+from ablate.inputs.tokenize import encode
+from ablate.worker.textbook import collate
+from ablate.inputs.models import load_model, load_tokenizer
+from ablate.matrix.plan import make_plan
 from ablate.cli import app
-from ablate.spec import MatrixError, ModelSpec, load_matrix
+from ablate.errors import UserError
+from ablate.matrix.yamlfile import load_matrix
+from ablate.schema import ModelSpec
 from conftest import small_matrix
 from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
@@ -21,7 +26,7 @@ GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 def test_jsonl_problems_are_all_reported_with_lines(write_jsonl):
     path = write_jsonl([GOOD, "{not json", {"prompt": "p", "chosen": "a"}, {"prompt": "p", "chosen": "a", "rejected": "a"},
                         {"prompt": "p", "chosen": " ", "rejected": "b"}, {"prompt": "p", "chosen": 3, "rejected": "b"}], "d.jsonl")
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(UserError) as e:
         load_rows(str(path), "train")
     probs = e.value.problems
     assert [p.split(":")[1] for p in probs] == ["2", "3", "4", "5", "6"], probs
@@ -30,13 +35,13 @@ def test_jsonl_problems_are_all_reported_with_lines(write_jsonl):
 
 
 def test_empty_missing_and_non_utf8_files(tmp_path, write_jsonl):
-    with pytest.raises(MatrixError, match="heldout set needs at least one"):
+    with pytest.raises(UserError, match="heldout set needs at least one"):
         load_rows(str(write_jsonl([], "empty.jsonl")), "heldout")
-    with pytest.raises(MatrixError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         load_rows(str(tmp_path / "nope.jsonl"), "train")
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes(b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')
-    with pytest.raises(MatrixError, match="not UTF-8"):
+    with pytest.raises(UserError, match="not UTF-8"):
         load_rows(str(bad), "train")
 
 
@@ -44,7 +49,7 @@ def test_leakage_between_train_and_heldout_is_an_error(write_matrix, write_jsonl
     rows = [{"prompt": f"p{i}", "chosen": "abc", "rejected": "xyz"} for i in range(5)]
     m = small_matrix()
     m["data"] = {"train": str(write_jsonl(rows, "tr.jsonl")), "heldout": str(write_jsonl(rows[3:] + [GOOD], "he.jsonl"))}
-    with pytest.raises(MatrixError, match=r"2 held-out pair\(s\) also in the training set \(first: held-out "
+    with pytest.raises(UserError, match=r"2 held-out pair\(s\) also in the training set \(first: held-out "
                                           r"\S*he.jsonl:1 is training \S*tr.jsonl:4\)"):
         make_plan(write_matrix(m), results=tmp_path / "r")
 
@@ -58,7 +63,7 @@ def test_truncation_keeps_prompt_end_and_completion_start():
     assert pair.truncated
     (short,) = encode([GOOD], tok, max_length=64, prompt_budget=32, where="t")
     assert not short.truncated and short.chosen[-1] == tok.eos_token_id  # EOS is part of the completion
-    with pytest.raises(MatrixError, match="identical chosen and rejected after truncation") as e:
+    with pytest.raises(UserError, match="identical chosen and rejected after truncation") as e:
         encode(rows, tok, max_length=8, prompt_budget=4, where="t")
     assert "data.max_length=8 is shorter than every prompt (shortest: 10 tokens)" in e.value.problems[0]
     encode(rows + [GOOD], tok, max_length=9, prompt_budget=4, where="t")  # one prompt fits: truncation is fine
@@ -100,16 +105,16 @@ def test_local_model_dir_with_remote_code_needs_opt_in(tmp_path, write_matrix):
     cfg = (model_dir / "config.json").read_text().replace("{", '{"auto_map": {"AutoModelForCausalLM": "x.Y"},', 1)
     (model_dir / "config.json").write_text(cfg)
     m = small_matrix(model={"path": str(model_dir)})
-    with pytest.raises(MatrixError, match="trust_remote_code"):
+    with pytest.raises(UserError, match="trust_remote_code"):
         make_plan(write_matrix(m), results=tmp_path / "r")
-    with pytest.raises(MatrixError, match="no such directory"):
+    with pytest.raises(UserError, match="no such directory"):
         make_plan(write_matrix(small_matrix(model={"path": str(tmp_path / "missing")})), results=tmp_path / "r")
 
 
 def test_results_path_that_is_a_file_is_rejected_before_work(tmp_path, write_matrix):
     blocker = tmp_path / "results"
     blocker.write_text("not a dir")
-    with pytest.raises(MatrixError, match="is a file"):
+    with pytest.raises(UserError, match="is a file"):
         make_plan(write_matrix(small_matrix()), results=blocker)
     assert blocker.read_text() == "not a dir"
 
@@ -147,14 +152,14 @@ def test_file_uris_load_like_paths_and_keep_their_messages(tmp_path, write_jsonl
     assert [c.id for c in by_uri.cells] == [c.id for c in by_path.cells]  # content decides the cell ids
 
     bad = write_jsonl([GOOD, "{not json", {"prompt": "p", "chosen": "a"}], "bad.jsonl")
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(UserError) as e:
         load_rows(bad.as_uri(), "train")
     assert [p.split(": ")[0] for p in e.value.problems] == [f"{bad.as_uri()}:2", f"{bad.as_uri()}:3"]
-    with pytest.raises(MatrixError, match=r"^data.heldout: file:///.*/nope.jsonl: no such object \(expected a JSONL"):
+    with pytest.raises(UserError, match=r"^data.heldout: file:///.*/nope.jsonl: no such object \(expected a JSONL"):
         load_rows((tmp_path / "nope.jsonl").as_uri(), "heldout")
-    with pytest.raises(MatrixError, match=r"data.train: file://relative/x.jsonl: not a URI ablate can read"):
+    with pytest.raises(UserError, match=r"data.train: file://relative/x.jsonl: not a URI ablate can read"):
         load_rows("file://relative/x.jsonl", "train")
-    with pytest.raises(MatrixError, match=r"data.train: nosuch://b/x.jsonl: not a URI ablate can read"):
+    with pytest.raises(UserError, match=r"data.train: nosuch://b/x.jsonl: not a URI ablate can read"):
         load_rows("nosuch://b/x.jsonl", "train")
 
 
@@ -186,20 +191,20 @@ def test_s3_uris_load_with_endpoint_in_the_query_or_the_environment(s3, monkeypa
 
 def test_s3_objects_get_the_same_file_line_messages(s3):
     endpoint, _ = s3
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(UserError) as e:
         load_rows(s3_uri(endpoint, "prefs/bad.jsonl"), "train")
     assert [p.split(": ")[0] for p in e.value.problems] == ["s3://prefs/bad.jsonl:2", "s3://prefs/bad.jsonl:3"]
     assert "not valid JSON" in e.value.problems[0] and "empty completion" in e.value.problems[1]
-    with pytest.raises(MatrixError, match=r"^s3://prefs/latin1.jsonl:2: data.train: not UTF-8 text"):
+    with pytest.raises(UserError, match=r"^s3://prefs/latin1.jsonl:2: data.train: not UTF-8 text"):
         load_rows(s3_uri(endpoint, "prefs/latin1.jsonl"), "train")
     for key in ("prefs/nope.jsonl", "no-such-bucket/train.jsonl"):
-        with pytest.raises(MatrixError) as e:
+        with pytest.raises(UserError) as e:
             load_rows(s3_uri(endpoint, key), "heldout")
         assert e.value.problems == [f"data.heldout: s3://{key}: no such object "
                                     "(expected a JSONL file of prompt/chosen/rejected rows)"]
-    with pytest.raises(MatrixError, match="not a URI ablate can read"):
+    with pytest.raises(UserError, match="not a URI ablate can read"):
         load_rows(f"s3://prefs/train.jsonl?bogus=1&endpoint_override={endpoint}", "train")
-    with pytest.raises(MatrixError) as e:  # keys in the URI are used, never shown
+    with pytest.raises(UserError) as e:  # keys in the URI are used, never shown
         load_rows(s3_uri(endpoint, "AKID:S3CRET@prefs/nope.jsonl"), "train")
     assert "s3://prefs/nope.jsonl: no such object" in str(e.value) and "S3CRET" not in str(e.value)
 

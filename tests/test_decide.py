@@ -21,17 +21,16 @@ import pandas as pd
 import pytest
 from scipy.stats import binom, binomtest, multivariate_normal, norm
 
-from ablate.cells import cell_label
-from ablate.decide import (
+from ablate.matrix.cells import cell_label, config_label
+from ablate.verdict.decide import (
     SEED_RULE_FALSE_SWITCH,
     bootstrap_diff,
-    config_label,
     decide,
     holm,
     minimum_detectable_effect,
     sign_test_p,
 )
-from ablate.diagnostics import (
+from ablate.verdict.diagnostics import (
     LENGTH_GAP_FLAG,
     length_bias,
     length_quartiles,
@@ -65,6 +64,8 @@ def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None =
     may also be `(short name, lr)` (default lr 1e-4). Seeds are 0..n_seeds-1. `status` maps short
     name → status for all its seeds (default "done")."""
     cell_rows, pair_frames = [], []
+    lrs = {key[1] if isinstance(key, tuple) else 1e-4 for key in outcomes}
+    extra = ("lr",) if len(lrs) > 1 else ()  # as the planner does: lr is named when the matrix varies it
     for key, out in outcomes.items():
         name, this_lr = (key if isinstance(key, tuple) else (key, 1e-4))
         out = np.asarray(out, dtype=bool)
@@ -75,7 +76,8 @@ def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None =
             params = {**CONFIGS[name], "seed": seed, "lr": this_lr, "epochs": 1}
             cid = f"{name.replace(' ', '_')}_lr{this_lr:g}_s{seed}"
             cell_rows.append({
-                "cell_id": cid, "label": cell_label(params), "status": (status or {}).get(name, "done"),
+                "cell_id": cid, "label": cell_label(params, extra), "config": config_label(params, extra),
+                "config_id": config_label(params, extra), "status": (status or {}).get(name, "done"),
                 "is_baseline": name == baseline, **params, "trainable_params": CONFIGS[name]["lora_rank"] * 10_000,
             })
             pair_frames.append(pd.DataFrame({"cell_id": cid, "pair": np.arange(len(out)), "correct": out[:, j]}))
@@ -589,8 +591,7 @@ def test_decide_not_significant_but_above_mde_message():
 
 def test_decide_configs_differing_only_in_lr_are_not_pooled():
     """Two configurations that differ only in lr (a matrix axis: `matrix.lr`) are different
-    configurations, not two seeds of one. KNOWN BUG: config_label drops lr/epochs (cell_label never
-    had them), so decide() pools them as seeds of one configuration — this test fails until fixed."""
+    configurations, not two seeds of one: the planner names lr in their labels and gives them different ids."""
     base = base_outcomes(200)
     rng = np.random.default_rng(13)
     good, bad = flip(base, 30, 2, rng), flip(base, 2, 30, rng)

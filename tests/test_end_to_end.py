@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ablate.builtin import letters_task
-from ablate.worker import run_cell
-from conftest import small_matrix
+from ablate.inputs.letters import letters_task
+from conftest import small_matrix, train_directly
+from conftest import ablate_cli as ablate
 
 TRL_TRAIN = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
              "logps/chosen", "logps/rejected", "step", "epoch"}
@@ -19,10 +19,6 @@ TRL_EVAL = {"eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_r
             "eval_accuracy", "eval_logps/chosen", "eval_logps/rejected", "step", "epoch"}
 
 
-def ablate(*args, cwd):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "ablate", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +119,7 @@ def test_failing_cells_are_recorded_and_the_run_exits_nonzero(tmp_path):
 
 
 def test_same_seed_gives_same_numbers_on_cpu(tmp_path):
-    from ablate.plan import make_plan
+    from ablate.matrix.plan import make_plan
 
     m = small_matrix()
     m["matrix"]["objective"] = ["dpo"]
@@ -133,8 +129,7 @@ def test_same_seed_gives_same_numbers_on_cpu(tmp_path):
     cell = plan.cells[0]
     outs = []
     for k in range(2):
-        out = run_cell(cell.id, cell.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                       str(tmp_path / f"r{k}"))
+        out = train_directly(plan, cell, str(tmp_path / f"r{k}"))
         assert out["status"] == "done", out
         outs.append(pd.read_parquet(Path(tmp_path / f"r{k}" / "cells" / cell.id / "pairs.parquet")))
     pd.testing.assert_frame_equal(outs[0], outs[1])
@@ -142,7 +137,7 @@ def test_same_seed_gives_same_numbers_on_cpu(tmp_path):
 
 
 def test_early_stopping_on_heldout_metric_stops_and_is_recorded(tmp_path):
-    from ablate.plan import make_plan
+    from ablate.matrix.plan import make_plan
 
     m = small_matrix()
     m["matrix"]["objective"] = ["simpo"]
@@ -154,8 +149,7 @@ def test_early_stopping_on_heldout_metric_stops_and_is_recorded(tmp_path):
     p.write_text(json.dumps(m))
     plan = make_plan(p, results=tmp_path / "r")
     cell = plan.cells[0]
-    out = run_cell(cell.id, cell.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                   str(tmp_path / "r"))
+    out = train_directly(plan, cell, str(tmp_path / "r"))
     assert out["status"] == "done" and out["stopped_early"] is True and out["steps"] < 80
     evals = [json.loads(x) for x in (tmp_path / "r" / "cells" / cell.id / "eval_log.jsonl").read_text().splitlines()]
     accs = [e["eval_accuracy"] for e in evals[:-1]]
@@ -163,8 +157,8 @@ def test_early_stopping_on_heldout_metric_stops_and_is_recorded(tmp_path):
 
 
 def test_report_shows_per_seed_spread(tmp_path):
-    from ablate.plan import make_plan
-    from ablate.report import build_report
+    from ablate.matrix.plan import make_plan
+    from ablate.verdict.report import build_report
 
     m = small_matrix()
     m["matrix"]["seed"] = [0, 1]
@@ -173,8 +167,7 @@ def test_report_shows_per_seed_spread(tmp_path):
     plan = make_plan(p, results=tmp_path / "r")
     plan.write()
     for c in plan.cells:
-        assert run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                        str(plan.results))["status"] == "done"
+        assert train_directly(plan, c, str(plan.results))["status"] == "done"
     rep = build_report(plan.results, plots=False)
     assert rep.decision.seeds == 2
     assert any("across 2 seeds (mean ± sd)" in line for line in rep.lines)

@@ -5,11 +5,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from ablate.builtin import builtin_model, builtin_tokenizer
-from ablate.data import collate as textbook_collate
-from ablate.data import encode
-from ablate.forward import Forward, collate
-from ablate.losses import token_logprobs
+from ablate.inputs.models import builtin_model, builtin_tokenizer
+from ablate.inputs.tokenize import encode
+from ablate.worker.textbook import collate as textbook_collate
+from ablate.worker.forward import Forward, collate
+from ablate.worker.textbook import token_logprobs
 
 ROWS = [
     {"prompt": "Write a word:", "chosen": "abc", "rejected": "xyzzy and more"},

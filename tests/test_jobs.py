@@ -21,9 +21,9 @@ import pytest
 import requests
 import yaml
 
-from ablate.builtin import letters_task
-from ablate.jobs import check_client_versions, check_ray_versions
-from conftest import small_matrix
+from ablate.inputs.letters import letters_task
+from ablate.cluster.jobs import check_client_versions, check_ray_versions
+from conftest import ROOT, ablate_cli, small_matrix
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
@@ -92,10 +92,9 @@ class Head:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def ablate(*args, env=None, cwd=None, timeout=180):
+def ablate(*args, env=None, cwd=ROOT, timeout=180):
     """The real command line in a fresh process (what a user runs; auth settings are read per process)."""
-    return subprocess.run([sys.executable, "-m", "ablate", *args], capture_output=True, text=True,
-                          env=env or base_env(**NO_AUTH), cwd=cwd, timeout=timeout)
+    return ablate_cli(*args, env=env or base_env(**NO_AUTH), cwd=cwd, timeout=timeout)
 
 
 def cli(*args, **env):
@@ -334,8 +333,8 @@ def test_token_auth_is_used_and_never_shown(tmp_path):
 def test_bundle_layout_quoting_and_cluster_only_sources(project, tmp_path):
     import shlex
 
-    from ablate.jobs import bundle, entrypoint, results_location, validate
-    from ablate.spec import MatrixError
+    from ablate.cluster.jobs import bundle, entrypoint, results_location, validate
+    from ablate.errors import UserError
 
     b = bundle(project / "mat rices" / "m.yaml", "/shared/ablate/")
     assert set(b.files) == {"mat rices/m.yaml", "mat rices/heldout.jsonl", "data/train.jsonl"}
@@ -361,5 +360,5 @@ def test_bundle_layout_quoting_and_cluster_only_sources(project, tmp_path):
     validate(tmp_path / "remote.yaml", b)
     m["data"]["heldout"] = "missing.jsonl"  # a relative file must be here to be shipped
     (tmp_path / "remote.yaml").write_text(yaml.safe_dump(m))
-    with pytest.raises(MatrixError, match="missing.jsonl: no such file"):
+    with pytest.raises(UserError, match="missing.jsonl: no such file"):
         validate(tmp_path / "remote.yaml", bundle(tmp_path / "remote.yaml", "/r"))

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ablate.losses import LogProbs, dpo_loss, log1mexp, orpo_loss, simpo_loss, token_logprobs
+from ablate.worker.losses import LogProbs, dpo_loss, log1mexp, orpo_loss, simpo_loss
+from ablate.worker.textbook import token_logprobs
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 from trl.experimental.cpo import CPOTrainer  # noqa: E402

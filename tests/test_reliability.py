@@ -19,9 +19,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.plan import make_plan
-from ablate.worker import run_cell
-from conftest import ROOT, small_matrix
+from ablate.matrix.plan import make_plan
+from conftest import ROOT, small_matrix, train_directly
+from conftest import ablate_cli as ablate
+from conftest import ablate_start as start
 
 
 def slow_matrix(**train) -> dict:
@@ -41,18 +42,6 @@ def write(tmp_path: Path, m: dict) -> Path:
     return p
 
 
-def env(**hooks) -> dict:
-    return {**os.environ, "PYTHONUNBUFFERED": "1", **{k: str(v) for k, v in hooks.items()}}
-
-
-def ablate(*args, hooks: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env(**(hooks or {})), timeout=timeout)
-
-
-def start(*args, hooks: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablate", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env(**(hooks or {})))
 
 
 def wait_for(cond, timeout: float = 240, what: str = "condition"):
@@ -89,7 +78,7 @@ def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tm
     m["matrix"]["lora_rank"] = [4, 8]
     p = write(tmp_path, m)
     res = tmp_path / "r" / "t"
-    r = ablate("run", p, "--results", tmp_path / "r", hooks={"ABLATE_TEST_RAISE_AT": "simpo@2"})
+    r = ablate("run", p, "--results", tmp_path / "r", ABLATE_TEST_RAISE_AT="simpo@2")
     assert r.returncode == 1, r.stderr
     assert "2 cell(s) failed" in r.stderr and "simpo r4" in r.stderr and "simpo r8" in r.stderr
     assert "Traceback" not in r.stderr
@@ -180,7 +169,7 @@ def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
     m["train"].update(batch_size=4, max_steps=4)
     m["resources"] = {"max_oom_retries": 2}
     p = write(tmp_path, m)
-    r = ablate("run", p, "--results", tmp_path / "oom", hooks={"ABLATE_TEST_OOM_ABOVE": 1})
+    r = ablate("run", p, "--results", tmp_path / "oom", ABLATE_TEST_OOM_ABOVE=1)
     assert r.returncode == 0, r.stderr
     row = pd.read_parquet(tmp_path / "oom" / "t" / "cells.parquet").iloc[0]
     assert (row["micro_batch"], row["grad_accum"], row["oom_retries"]) == (1, 4, 2)
@@ -188,16 +177,14 @@ def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
     # The same cell without OOMs, in-process: the same training up to float summation order.
     plan = make_plan(p, results=tmp_path / "plain")
     c = plan.cells[0]
-    plain = run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                     plan.results.uri)
+    plain = train_directly(plan, c, plan.results.uri)
     assert (plain["micro_batch"], plain["grad_accum"], plain["oom_retries"]) == (4, 1, 0)
     assert row["heldout_margin"] == pytest.approx(plain["heldout_margin"], rel=1e-4, abs=1e-6)
 
     # Bounded: with one halving allowed, micro-batch 2 still "OOMs", and the cell fails with the reason.
     os.environ["ABLATE_TEST_OOM_ABOVE"] = "1"
     try:
-        out = run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                       str(tmp_path / "bound"), runtime={"max_oom_retries": 1})
+        out = train_directly(plan, c, str(tmp_path / "bound"), max_oom_retries=1)
     finally:
         del os.environ["ABLATE_TEST_OOM_ABOVE"]
     assert out["status"] == "failed" and out["error_type"] == "OutOfMemoryError"
@@ -221,14 +208,14 @@ def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_pa
     p = write(tmp_path, m)
     # Every worker dies at step 6 (after its step-4 checkpoint). With max_retries 0 Ray does not retry:
     # the cells are recorded failed as lost workers, with their checkpoints kept.
-    r = ablate("run", p, "--results", tmp_path / "k", hooks={"ABLATE_TEST_KILL_AT_STEP": 6})
+    r = ablate("run", p, "--results", tmp_path / "k", ABLATE_TEST_KILL_AT_STEP=6)
     assert r.returncode == 1, r.stderr
     cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
     assert (cells["status"] == "failed").all()
     assert all("Worker" in t or "Crash" in t or "Died" in t for t in cells["error_type"]), cells["error_type"]
     assert len(list((tmp_path / "k" / "rel" / "checkpoints").glob("*.pt"))) == 2
 
-    r = ablate("resume", p, "--results", tmp_path / "k", hooks={"ABLATE_TEST_KILL_AT_STEP": 6})
+    r = ablate("resume", p, "--results", tmp_path / "k", ABLATE_TEST_KILL_AT_STEP=6)
     assert r.returncode == 0, r.stderr
     cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
     assert (cells["resumed_from_step"] == 4).all()
@@ -240,8 +227,7 @@ def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_pa
     torch.set_num_threads(1)
     try:
         for c in plan.cells:
-            run_cell(c.id, c.config, plan.spec.model.model_dump(), plan.train_rows, plan.heldout_rows,
-                     plan.results.uri)
+            train_directly(plan, c, plan.results.uri)
     finally:
         torch.set_num_threads(threads)
     resumed, straight = _comparable(tmp_path / "k" / "rel"), _comparable(tmp_path / "u" / "rel")
@@ -256,8 +242,8 @@ def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from ablate.plan import make_plan
-    from ablate.runner import run_plan
+    from ablate.matrix.plan import make_plan
+    from ablate.cluster.runner import run_plan
 
     m = slow_matrix(max_steps=60, checkpoint_every_steps=2)
     m["matrix"]["objective"] = ["simpo"]

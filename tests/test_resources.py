@@ -9,10 +9,10 @@ import time
 import ray
 import yaml
 
-from ablate.plan import make_plan
-from ablate.runner import run_plan, task_resources
-from ablate.spec import ResourceSpec
-from conftest import ROOT, small_matrix
+from ablate.matrix.plan import make_plan
+from ablate.cluster.runner import run_plan, task_resources
+from ablate.schema import ResourceSpec
+from conftest import ablate_cli, small_matrix
 
 
 def run_cli(tmp_path, resources: dict):
@@ -21,8 +21,7 @@ def run_cli(tmp_path, resources: dict):
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(m))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "ablate", "run", str(p), "--results", str(tmp_path / "r")],
-                       capture_output=True, text=True, cwd=ROOT, env=os.environ, timeout=120)
+    r = ablate_cli("run", p, "--results", tmp_path / "r", timeout=120)
     return r, time.perf_counter() - t0
 
 

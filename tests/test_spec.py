@@ -6,14 +6,15 @@ import sys
 
 import pytest
 
-from ablate.cells import expand
-from ablate.plan import make_plan
-from ablate.spec import MatrixError, load_matrix, parse_matrix
+from ablate.matrix.cells import expand
+from ablate.matrix.plan import make_plan
+from ablate.errors import UserError
+from ablate.matrix.yamlfile import load_matrix, parse_matrix
 from conftest import ROOT, small_matrix
 
 
 def problems_for(write_matrix, m) -> list[str]:
-    with pytest.raises(MatrixError) as e:
+    with pytest.raises(UserError) as e:
         make_plan(write_matrix(m), results=write_matrix("x", "unused").parent / "results")
     return e.value.problems
 
@@ -64,7 +65,7 @@ def test_ids_change_with_data_and_settings_but_not_with_locations(write_matrix, 
 
 
 def test_cell_ids_are_stable_across_processes():
-    code = ("from ablate.plan import make_plan; "
+    code = ("from ablate.matrix.plan import make_plan; "
             f"print(sorted(c.id for c in make_plan({str(ROOT / 'matrices' / 'quickstart.yaml')!r}).cells))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout for s in (1, 2)}
@@ -112,11 +113,11 @@ def test_every_problem_is_reported_at_once_with_line_numbers(write_matrix):
 
 
 def test_yaml_python_tags_and_malformed_yaml_are_rejected(write_matrix):
-    with pytest.raises(MatrixError, match=r"m.yaml:1: YAML tag !!python/object/apply:os.system is not allowed"):
+    with pytest.raises(UserError, match=r"m.yaml:1: YAML tag !!python/object/apply:os.system is not allowed"):
         load_matrix(write_matrix("name: !!python/object/apply:os.system ['echo hi']\n"))
-    with pytest.raises(MatrixError, match=r"m.yaml:\d+: not valid YAML"):
+    with pytest.raises(UserError, match=r"m.yaml:\d+: not valid YAML"):
         load_matrix(write_matrix("name: [unclosed\n"))
-    with pytest.raises(MatrixError, match="mapping"):
+    with pytest.raises(UserError, match="mapping"):
         parse_matrix("- a\n- b\n", "x.yaml")
 
 

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from ablate.lock import ResultsLock
-from ablate.spec import MatrixError
-from ablate.storage import DONE, Store, cell_states, join, publish_cell, write_running
+from ablate.results.lock import ResultsLock
+from ablate.errors import UserError
+from ablate.results.storage import DONE, Store, cell_states, join, publish_cell, write_running
 from conftest import ROOT, small_matrix
+from conftest import ablate_cli as ablate
 from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
 
@@ -31,10 +32,6 @@ def s3():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def ablate(*args, hooks=None):
-    env = {**os.environ, **(hooks or {})}
-    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
 
 
 def test_join_keeps_a_uri_query_last():
@@ -48,7 +45,7 @@ def test_run_resume_report_on_s3(tmp_path, s3):
     p.write_text(yaml.safe_dump(m))
     root = s3_uri(s3, "bucket/ablate")
     # First run: the SimPO cell hits bad data mid-training; the DPO cell finishes, straight into the bucket.
-    r = ablate("run", p, "--results", root, hooks={"ABLATE_TEST_RAISE_AT": "simpo@2"})
+    r = ablate("run", p, "--results", root, ABLATE_TEST_RAISE_AT="simpo@2")
     assert r.returncode == 1, r.stderr
     assert not (ROOT / "results" / "t").exists() and not (tmp_path / "results").exists()  # nothing local
     fs = s3_filesystem(s3)
@@ -114,7 +111,7 @@ def test_object_store_cell_states_publish_and_lease_lock(tmp_path, s3):
     # Lease lock: a live lease refuses a second driver; a stale one (no heartbeat) is taken over.
     first = ResultsLock(store).acquire()
     try:
-        with pytest.raises(MatrixError, match="in use by another ablate run"):
+        with pytest.raises(UserError, match="in use by another ablate run"):
             ResultsLock(store).acquire()
     finally:
         first.release()

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..matrix.yamlfile import load_matrix, parse_matrix
+from ..results.storage import is_uri, join
+from ..schema import BuiltinData, MatrixSpec
 from .jobclient import ENV_ABLATE, ENV_PYTHON, ENV_RAY, JobError
-from .matrixfile import load_matrix, parse_matrix
-from .spec import BuiltinData, MatrixError, MatrixSpec
 
 MAX_UPLOAD_BYTES = 100 * 1000**2  # Ray's package limit is 100 MiB (zipped); stay under it uncompressed
 STOP_WAIT_S = 15  # SIGINT first (the runner stops cleanly), SIGKILL after this many seconds
@@ -49,10 +51,6 @@ def _size(p: Path) -> int:
     return p.stat().st_size
 
 
-def is_uri(s: str) -> bool:
-    return "://" in s
-
-
 def human_size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
@@ -61,8 +59,6 @@ def results_location(root: str, name: str) -> str:
     """<root>/<name> for a URI or an absolute (cluster) path; refuse a relative root."""
     root = root.strip()
     if is_uri(root):
-        from .storage import join
-
         return join(root, name)
     if not posixpath.isabs(root):
         raise JobError(f"results root {root!r} is relative: inside a Ray Job it would land in the job's temporary "
@@ -72,7 +68,7 @@ def results_location(root: str, name: str) -> str:
 
 
 def bundle(matrix: str | Path, results: str | None = None) -> Bundle:
-    """Load MATRIX (raising MatrixError on schema problems) and work out what to ship and what stays."""
+    """Load MATRIX (raising UserError on schema problems) and work out what to ship and what stays."""
     matrix = Path(matrix)
     spec = load_matrix(matrix)  # every schema problem, with file:line
     raw = parse_matrix(matrix.read_bytes().decode("utf-8"), str(matrix))  # paths as written
@@ -120,24 +116,23 @@ def bundle(matrix: str | Path, results: str | None = None) -> Bundle:
                         f"most {human_size(MAX_UPLOAD_BYTES)} with a job. Put the data on shared storage (s3://…, "
                         "gs://…) and reference it by URI")
     if problems:
-        raise MatrixError(problems)
+        raise UserError(problems)
     b.results_root = results if results is not None else spec.storage
     b.results = results_location(b.results_root, spec.name)
     return b
 
 
 def validate(matrix: str | Path, b: Bundle) -> None:
-    """Every data and cell check this machine can do; raise one MatrixError listing the problems."""
-    from .plan import make_plan
+    """Every data and cell check this machine can do; raise one UserError listing the problems."""
+    from ..matrix.plan import make_plan
 
     with tempfile.TemporaryDirectory(prefix="ablate-submit-") as tmp:
         if not b.remote:  # everything is here: exactly `ablate run`'s checks (results aside)
             make_plan(matrix, results=tmp)
             return
     # Some sources live only on the cluster: check the rest, and the cells the matrix makes.
-    from .cells import baseline_cells, expand
-    from .data import load_rows
-    from .models import check_model_spec, model_identity
+    from ..inputs.data import load_rows
+    from ..inputs.models import check_model_spec
 
     spec, where, problems = b.spec, str(matrix), []
     if "model.path" in b.remote:
@@ -147,15 +142,10 @@ def validate(matrix: str | Path, b: Bundle) -> None:
         if f"data.{split}" not in b.remote:
             try:
                 load_rows(getattr(spec.data, split), split)
-            except MatrixError as e:
+            except UserError as e:
                 problems += e.problems
-    cells = expand(spec, model_identity(spec.model), {"train": "-", "heldout": "-"})
-    if not cells:
-        problems.append(f"{where}: exclude removes every cell; nothing to run")
-    elif not baseline_cells(cells, spec):
-        problems.append(f"{where}: decision.baseline {dict(spec.decision.baseline)} matches no cell of the matrix")
     if problems:
-        raise MatrixError(problems)
+        raise UserError(problems)
 
 
 def entrypoint(b: Bundle) -> str:
@@ -167,11 +157,11 @@ def entrypoint(b: Bundle) -> str:
 def runtime_env(b: Bundle, working_dir: str) -> dict[str, Any]:
     import ray
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "working_dir": working_dir,
-        "py_modules": [str(Path(__file__).resolve().parent)],
+        "py_modules": [str(Path(__file__).resolve().parents[1])],  # the ablate package
         "excludes": ["__pycache__", "*.pyc"],
         "env_vars": {
             ENV_PYTHON: f"{sys.version_info.major}.{sys.version_info.minor}",

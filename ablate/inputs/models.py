@@ -1,4 +1,10 @@
-"""Model and tokenizer loading (builtin, local directory or hub id: one code path) and model identity."""
+"""Models: checks before Ray starts, identity for cell ids, and loading (builtin, local directory or hub id: one
+code path).
+
+Builtin models are tiny configs of real transformers architectures with a fixed initialisation seed, so every
+cell of a matrix shares exactly the same base weights; their tokenizer is ByT5's byte-level one, which needs no
+vocabulary files.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,56 @@ from pathlib import Path
 from typing import Any
 
 
-from . import builtin
-from .spec import MatrixError, ModelSpec
+from ..errors import UserError
+from ..schema import ModelSpec
 
 DTYPES = ("float32", "bfloat16", "float16")
 _FULL_HASH_LIMIT = 64 << 20  # files above this are identified by size + head and tail hashes
+
+
+BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
+_BASE_SEED = 1234  # the base weights never depend on a cell's seed
+
+
+def builtin_tokenizer():
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer()
+
+
+def builtin_model(name: str, dtype=None, attn_implementation: str = "sdpa"):
+    import torch
+
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=384,  # ByT5: 3 specials + 256 bytes + 125 extra ids
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
+    )
+    if name == "tiny-llama":
+        config, cls = LlamaConfig(**common), LlamaForCausalLM
+    elif name == "tiny-qwen2":
+        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    else:
+        raise ValueError(f"unknown builtin model {name!r}; choose one of {BUILTIN_MODELS}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(_BASE_SEED)
+    try:
+        model = cls(config)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.to(dtype or torch.float32)
+
 
 
 def _builtin_name(spec: ModelSpec) -> str | None:
@@ -20,9 +71,9 @@ def _builtin_name(spec: ModelSpec) -> str | None:
 
 def check_model_spec(spec: ModelSpec) -> list[str]:
     name = _builtin_name(spec)
-    if name is not None and name not in builtin.BUILTIN_MODELS:
+    if name is not None and name not in BUILTIN_MODELS:
         return [f"model.path: unknown builtin model {spec.path!r}; builtins: "
-                + ", ".join(f"builtin:{n}" for n in builtin.BUILTIN_MODELS)]
+                + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)]
     p = Path(spec.path)
     if name is None and "://" in spec.path:
         return [f"model.path: {spec.path}: models are not read from URIs; give a builtin, a local model directory "
@@ -44,7 +95,7 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
     """What a cell id needs to know about the model: builtin name, file hashes, or hub id + revision."""
     ident: dict[str, Any] = {"path": spec.path, "dtype": spec.dtype}
     if _builtin_name(spec) is not None:
-        ident["builtin_seed"] = builtin._BASE_SEED
+        ident["builtin_seed"] = _BASE_SEED
         return ident
     p = Path(spec.path)
     if p.is_dir():
@@ -69,13 +120,13 @@ def model_identity(spec: ModelSpec) -> dict[str, Any]:
 
 def load_tokenizer(spec: ModelSpec):
     if _builtin_name(spec) is not None:
-        return builtin.builtin_tokenizer()
+        return builtin_tokenizer()
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(spec.path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     except OSError as e:
-        raise MatrixError([f"model.path: {spec.path}: could not load a tokenizer ({str(e).splitlines()[0]})"]) from None
+        raise UserError([f"model.path: {spec.path}: could not load a tokenizer ({str(e).splitlines()[0]})"]) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -87,7 +138,7 @@ def load_model(spec: ModelSpec, device, attention: str = "sdpa"):
     dtype = getattr(torch, spec.dtype)
     name = _builtin_name(spec)
     if name is not None:
-        model = builtin.builtin_model(name, dtype, attention)
+        model = builtin_model(name, dtype, attention)
     else:
         from transformers import AutoModelForCausalLM
 

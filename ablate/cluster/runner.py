@@ -12,14 +12,16 @@ import os
 import signal
 from typing import Callable
 
-from . import storage
-from .lock import ResultsLock
-from .storage import HEARTBEAT_S
-from .plan import Plan
-from .spec import MatrixError, ResourceSpec
+from .. import objectives
+from ..config import Runtime
+from ..errors import UserError
+from ..matrix.plan import Plan
+from ..results import storage
+from ..results.lock import ResultsLock
+from ..results.storage import HEARTBEAT_S
+from ..schema import RUNTIME_FIELDS, MatrixSpec, ResourceSpec
 
 Callback = Callable[[dict], None]
-RUNTIME_KEYS = ("checkpoint_every_steps", "gradient_checkpointing", "attention", "compile", "share_prompt")
 
 
 def _quiet_torch(threads: int) -> None:
@@ -31,18 +33,25 @@ def _quiet_torch(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _cell_task(cell_id, config, model_spec, train_rows, heldout_rows, results, threads, runtime, ref=None):
-    _quiet_torch(threads)
-    from .worker import run_cell
+def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None):
+    _quiet_torch(runtime.threads)
+    from ..worker.cell import run_cell
 
-    return run_cell(cell_id, config, model_spec, train_rows, heldout_rows, results, runtime, ref)
+    return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
 
 
-def _reference_task(results, key, config, model_spec, train_rows, heldout_rows, threads, runtime):
-    _quiet_torch(threads)
-    from .worker import shared_reference
+def _reference_task(results, cell, model_spec, train_rows, heldout_rows, runtime: Runtime):
+    _quiet_torch(runtime.threads)
+    from ..worker.cell import shared_reference
 
-    return shared_reference(results, key, config, model_spec, train_rows, heldout_rows, runtime)
+    return shared_reference(results, cell, model_spec, train_rows, heldout_rows, runtime)
+
+
+def runtime_for(spec: MatrixSpec) -> Runtime:
+    """How cells run: the matrix's runtime settings and resources (none of it is part of a cell id)."""
+    res = spec.resources
+    return Runtime(device="cuda" if res.gpus_per_cell > 0 else "cpu", threads=max(1, int(res.cpus_per_cell)),
+                   max_oom_retries=res.max_oom_retries, **{k: getattr(spec.train, k) for k in RUNTIME_FIELDS})
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -98,7 +107,7 @@ def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
     names = [field.get(k, "accelerator_type" if k.startswith("accelerator_type:") else f"custom.{k}") for k in short]
     have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
                                and k != "object_store_memory") for n in nodes) or "no alive nodes"
-    raise MatrixError([
+    raise UserError([
         f"resources: no node can ever run a cell: it asks for {', '.join(f'{k}={v:g}' for k, v in want.items())} "
         f"({', '.join('resources.' + n for n in names)} too large or absent). Nodes have: {have}. "
         "Lower the request or add a node that has it."
@@ -132,35 +141,27 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
     check_schedulable(res, float(os.environ.get("ABLATE_NODE_WAIT_S", 30)) if on_cluster else 0.0)
     opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
     task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
-    threads = max(1, int(res.cpus_per_cell))
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
-    model_spec = plan.spec.model.model_dump(mode="json")
-    runtime = {**{k: getattr(plan.spec.train, k) for k in RUNTIME_KEYS}, "max_oom_retries": res.max_oom_retries,
-               "device": "cuda" if res.gpus_per_cell > 0 else "cpu"}
-    results = plan.results.uri
-
-    from .losses import OBJECTIVES
-    from .worker import reference_key
+    model_spec, runtime, results = plan.spec.model, runtime_for(plan.spec), plan.results.uri
 
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
     for c in todo:
-        if OBJECTIVES[c.params["objective"]].needs_reference:
-            key = reference_key(c.config, runtime)
-            if key not in references:
-                references[key] = ray.remote(_reference_task).options(name="ablate-reference", **opts).remote(
-                    results, key, c.config, model_spec, train_ref, held_ref, threads, runtime)
+        key = c.config.reference_key(runtime)
+        if objectives.get(c.config.objective).reference and key not in references:
+            references[key] = ray.remote(_reference_task).options(name="ablate-reference", **opts).remote(
+                results, c.config, model_spec, train_ref, held_ref, runtime)
 
     refs = {}
     for c in todo:
-        shared = references.get(reference_key(c.config, runtime)) if OBJECTIVES[c.params["objective"]].needs_reference else None
-        refs[task.remote(c.id, c.config, model_spec, train_ref, held_ref, results, threads, runtime, shared)] = c
+        shared = references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
+        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared)] = c
     finished: list[dict] = []
     pending = list(refs)
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=HEARTBEAT_S)
             if lock.lost:
-                raise MatrixError([f"{plan.results.uri}: another ablate run took over these results after this one "
+                raise UserError([f"{plan.results.uri}: another ablate run took over these results after this one "
                                    "was silent for a minute; stopping so the two never train the same cell"])
             for ref in ready:
                 cell = refs[ref]
@@ -174,7 +175,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
                             on_done(out)
                         continue
                     cause = getattr(e, "cause", None) or e
-                    out = {"id": cell.id, "params": cell.params, "config": cell.config, "status": "failed",
+                    out = {"id": cell.id, "params": cell.params, "config": cell.config.to_json(), "status": "failed",
                            "error_type": type(cause).__name__, "error": (str(cause).splitlines() or [""])[0]}
                     storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
                     storage.clear_running(plan.results, cell.id)  # its worker died before clearing it
@@ -182,7 +183,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
                 finished.append(out)
                 if on_done:
                     on_done(out)
-    except (KeyboardInterrupt, MatrixError):  # Ctrl-C / SIGTERM, or the results lock was lost
+    except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, or the results lock was lost
         for ref in [*pending, *references.values()]:
             ray.cancel(ref, force=True)
         # Let the cancellations settle before the driver shuts Ray down (Ray can abort on a half-cancelled task).

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, norm
 
-from .cells import cell_label
 from .diagnostics import margin_retention
 
 SEED_RULE_FALSE_SWITCH = "about 45% (simulated: equal cells at accuracy 0.70, 100-500 held-out pairs)"
@@ -46,27 +45,8 @@ class Decision:
     notes: list[str] = field(default_factory=list)
 
 
-def config_label(params: dict) -> str:
-    return cell_label({**params, "seed": 0}).rsplit(" s", 1)[0]
-
-
-CONFIG_KEYS = ["objective", "lora_rank", "beta", "gamma", "lambda", "lr", "epochs"]
-
-
-def config_names(cells: pd.DataFrame) -> pd.Series:
-    """A name per cell for its configuration (parameters without the seed); lr and epochs are named
-    only when they vary, so cells differing only there are never pooled as if they were seeds."""
-    show = [k for k in ("lr", "epochs") if k in cells and cells[k].nunique(dropna=True) > 1]
-    def name(r):
-        extra = "".join(f" {'lr' if k == 'lr' else 'ep'}{r[k]:g}" for k in show)
-        return config_label(r) + extra
-    return pd.Series([name(r) for r in cells.to_dict("records")], index=cells.index, dtype=object)
-
-
 def _configs(cells: pd.DataFrame) -> pd.DataFrame:
-    done = cells[cells["status"] == "done"].copy()
-    done["config"] = config_names(done)
-    return done
+    return cells[cells["status"] == "done"].copy()
 
 
 def _outcomes(pairs: pd.DataFrame, cell_ids: list[str]) -> np.ndarray:

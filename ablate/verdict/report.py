@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .collect import collect, read_logs
-from .decide import Decision, config_names, decide
+from ..results.collect import collect, read_logs
+from ..results.storage import Store, as_store, read_plan
+from .decide import Decision, decide
 from .diagnostics import length_bias, length_quartiles, length_summary, overoptimization
-from .plan import read_plan
-from .storage import Store, as_store
 
 COLUMNS = ["#", "cell", "held-out acc", "correct", "vs baseline", "p (adj)", "held-out margin",
            "train margin first→last", "retention", "flags"]
@@ -59,7 +58,7 @@ def build_report(results: str | Path | Store, rule: str | None = None, alpha: fl
     comp = decision.comparisons.set_index("config") if decision else pd.DataFrame()
 
     rows = []
-    ranked = cells.assign(_acc=cells["heldout_accuracy"].fillna(-1), _cfg=config_names(cells))
+    ranked = cells.assign(_acc=cells["heldout_accuracy"].fillna(-1), _cfg=cells["config"])
     ranked = ranked.sort_values("_acc", ascending=False)
     for rank, r in enumerate(ranked.to_dict("records"), 1):
         cfg = r["_cfg"]

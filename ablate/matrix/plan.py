@@ -6,16 +6,18 @@ Its `plan.json` in the results directory lets `status` and `report` work without
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cells import Cell, baseline_cells, expand
-from .data import check_leakage, encode, load_rows, rows_hash
-from .models import check_model_spec, load_tokenizer, model_identity
-from .spec import BuiltinData, MatrixError, MatrixSpec, load_matrix
-from .storage import Store, as_store, cell_states, check_results_dir, dump_json, is_uri, join
+from ..errors import UserError
+from ..inputs.data import check_leakage, load_rows, rows_hash
+from ..inputs.models import check_model_spec, load_tokenizer, model_identity
+from ..inputs.tokenize import encode
+from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
+from ..schema import BuiltinData, MatrixSpec
+from .cells import Cell, baseline_cells, expand, selection_problems
+from .yamlfile import load_matrix
 
 
 @dataclass
@@ -31,42 +33,49 @@ class Plan:
         return cell_states(self.results, [c.id for c in self.cells])
 
     def to_json(self) -> dict[str, Any]:
+        hashes = self.cells[0].config.data.hashes if self.cells else {}
         return {
             "name": self.spec.name,
             "decision": self.spec.decision.model_dump(mode="json"),
             "baseline_ids": self.baseline_ids,
-            "cells": [{"id": c.id, "label": c.label, "params": c.params} for c in self.cells],
+            "cells": [{"id": c.id, "label": c.label, "config": c.config_label, "config_id": c.config_id,
+                       "params": c.params} for c in self.cells],
             "model": self.spec.model.model_dump(mode="json"),
-            "data": {"train": self.cells[0].config["data"]["hashes"]["train"] if self.cells else None,
-                     "heldout": self.cells[0].config["data"]["hashes"]["heldout"] if self.cells else None},
+            "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
         }
 
     def write(self) -> None:
-        self.results.write_text("plan.json", dump_json(self.to_json()))
+        write_plan(self.results, self.to_json())
 
 
 def _source_name(src: BuiltinData | str) -> str:
     return f"builtin:{src.builtin}" if isinstance(src, BuiltinData) else src
 
 
+def results_location(spec: MatrixSpec, results: str | Path | None) -> str | Path:
+    root = str(results if results is not None else spec.storage)
+    return join(root, spec.name) if is_uri(root) else Path(root) / spec.name
+
+
 def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None, check_tokens: bool = True) -> Plan:
-    """Validate a matrix and its data completely; raise one MatrixError listing every problem."""
+    """Validate a matrix and its data completely; raise one UserError listing every problem."""
     spec = matrix if isinstance(matrix, MatrixSpec) else load_matrix(matrix)
     where = str(matrix) if not isinstance(matrix, MatrixSpec) else spec.name
     problems: list[str] = []
+    if isinstance(matrix, MatrixSpec):  # built in code: the file loader's cross-field checks did not run
+        problems += [f"{where}: {'.'.join(map(str, loc))}: {msg}" for loc, msg in selection_problems(spec)]
     problems += [f"{where}: {p}" for p in check_model_spec(spec.model)]
 
     rows: dict[str, list[dict]] = {}
     for split in ("train", "heldout"):
         try:
             rows[split] = load_rows(getattr(spec.data, split), split)
-        except MatrixError as e:
+        except UserError as e:
             problems += e.problems
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
-    root = str(results if results is not None else spec.storage)
-    results_dir = join(root, spec.name) if is_uri(root) else Path(root) / spec.name
+    results_dir = results_location(spec, results)
     problems += [f"{where}: {p}" for p in check_results_dir(results_dir)]
 
     if check_tokens and len(rows) == 2 and not problems and _tokenizer_is_local(spec):
@@ -75,37 +84,16 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
             try:
                 encode(rows[split], tok, spec.data.max_length, spec.data.prompt_budget,
                        f"{where}: data.{split} ({_source_name(getattr(spec.data, split))})")
-            except MatrixError as e:
+            except UserError as e:
                 problems += e.problems
     if problems:
-        raise MatrixError(problems)
+        raise UserError(problems)
 
     hashes = {"train": rows_hash(rows["train"]), "heldout": rows_hash(rows["heldout"])}
     cells = expand(spec, model_identity(spec.model), hashes)
-    if not cells:
-        raise MatrixError([f"{where}: exclude removes every cell; nothing to run"])
     base = baseline_cells(cells, spec)
-    configs = {json.dumps({k: v for k, v in c.params.items() if k != "seed"}, sort_keys=True) for c in base}
-    if not base:
-        problems.append(f"{where}: decision.baseline {dict(spec.decision.baseline)} matches no cell of the matrix")
-    elif len(configs) > 1:
-        problems.append(f"{where}: decision.baseline {dict(spec.decision.baseline)} matches {len(configs)} different "
-                        "configurations; add keys (e.g. beta) until it names one")
-    if problems:
-        raise MatrixError(problems)
     return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], Store(results_dir))
 
 
 def _tokenizer_is_local(spec: MatrixSpec) -> bool:
     return spec.model.path.startswith("builtin:") or Path(spec.model.path).is_dir()
-
-
-def read_plan(results: str | Path | Store) -> dict[str, Any]:
-    try:
-        store = as_store(results)
-        plan = store.read_json("plan.json")
-    except (OSError, ValueError) as e:  # an unreachable or malformed URI
-        raise MatrixError([f"{results}: cannot read: {str(e).splitlines()[0]}"]) from None
-    if plan is None:
-        raise MatrixError([f"{results}: not an ablate results directory (no plan.json); run `ablate run` first"])
-    return plan

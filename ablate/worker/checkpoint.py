@@ -10,44 +10,42 @@ from __future__ import annotations
 
 import io
 import random
-from typing import Callable
 
 import torch
 
-from .storage import Store, checkpoint_key
+from ..results.storage import Store, checkpoint_key
+from .recipe import Recipe, TrainState
 
 
 class Checkpointer:
-    def __init__(self, store: Store, cell_id: str, every: int | None,
-                 on_progress: Callable[[int, int], None] | None = None):
-        self.store, self.key, self.every, self.on_progress = store, checkpoint_key(cell_id), every, on_progress
+    def __init__(self, store: Store, cell_id: str, every: int | None):
+        self.store, self.key, self.every = store, checkpoint_key(cell_id), every
 
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
 
-    def progress(self, step: int, total: int) -> None:
-        if self.on_progress:
-            self.on_progress(step, total)
-
-    def save(self, model, opt, sched, gen: torch.Generator, state: dict) -> None:
+    def save(self, recipe: Recipe, state: TrainState) -> None:
+        model = recipe.model
         blob = {
             "adapter": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "data": gen.get_state(),
+            "optimizer": recipe.opt.state_dict(),
+            "scheduler": recipe.sched.state_dict(),
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "data": recipe.gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-            "state": state,
+            "state": state.state_dict(),
         }
         buf = io.BytesIO()
         torch.save(blob, buf)
         self.store.write_bytes(self.key, buf.getvalue())
 
-    def restore(self, model, opt, sched, gen: torch.Generator, state: dict) -> int | None:
-        """Load the last checkpoint into the given objects; return its step, or None if there is none."""
+    def restore(self, recipe: Recipe) -> TrainState | None:
+        """Load the last checkpoint into the recipe's model, optimizer, scheduler and RNGs; return its training
+        state, or None if there is none."""
         try:
             raw = self.store.read_bytes(self.key)
         except FileNotFoundError:
             return None
+        model, opt, sched, gen = recipe.model, recipe.opt, recipe.sched, recipe.gen
         blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -61,8 +59,7 @@ class Checkpointer:
         gen.set_state(rng["data"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        state.update(blob["state"])
-        return state["step"]
+        return TrainState.from_state_dict(blob["state"])
 
 
 def _as_tuple(x):

@@ -1,58 +1,9 @@
-"""Built-in tiny models and synthetic preference data: the quickstart needs no network and no files.
-
-Models are tiny configs of real transformers architectures with a fixed initialisation seed, so
-every cell of a matrix shares exactly the same base weights. The tokenizer is ByT5's byte-level
-tokenizer, which needs no vocabulary files.
-"""
+"""Built-in synthetic preference data (`{builtin: letters}`): the quickstart needs no network and no files."""
 
 from __future__ import annotations
 
 import random
 import string
-
-
-BUILTIN_MODELS = ("tiny-llama", "tiny-qwen2")
-_BASE_SEED = 1234  # the base weights never depend on a cell's seed
-
-
-def builtin_tokenizer():
-    from transformers import ByT5Tokenizer
-
-    return ByT5Tokenizer()
-
-
-def builtin_model(name: str, dtype: "torch.dtype | None" = None, attn_implementation: str = "sdpa"):
-    import torch
-
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    common = dict(
-        vocab_size=384,  # ByT5: 3 specials + 256 bytes + 125 extra ids
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-        attn_implementation=attn_implementation,
-    )
-    if name == "tiny-llama":
-        config, cls = LlamaConfig(**common), LlamaForCausalLM
-    elif name == "tiny-qwen2":
-        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
-    else:
-        raise ValueError(f"unknown builtin model {name!r}; choose one of {BUILTIN_MODELS}")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(_BASE_SEED)
-    try:
-        model = cls(config)
-    finally:
-        torch.random.set_rng_state(state)
-    return model.to(dtype or torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Collect cell directories into two tables: cells.parquet (one row per cell) and pairs.parquet.
 
 Reads only the results directory (plan.json + cells/), so it works from a laptop on results a
-cluster wrote, and never needs the matrix file.
+cluster wrote, and never needs the matrix file. Each cell row carries its configuration's label
+(`config`) and id (`config_id`), written once by the planner; everything downstream groups by them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .plan import read_plan
-from .storage import Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet
+from .. import objectives
+from .storage import Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet, read_plan
 
-PARAM_COLUMNS = ["objective", "lora_rank", "seed", "beta", "gamma", "gamma_beta_ratio", "lambda", "lr", "epochs"]
+PARAM_COLUMNS = ["objective", "lora_rank", "seed", *objectives.knob_columns(), "lr", "epochs"]
 METRIC_COLUMNS = [
     "heldout_accuracy", "heldout_correct", "heldout_pairs", "heldout_margin", "heldout_loss",
     "train_margin_first", "train_margin_last", "train_loss_last", "train_pairs",
@@ -34,7 +35,9 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
     for c in plan["cells"]:
         status = states[c["id"]]
         info = (read_cell_json(store, c["id"]) or {}) if status in ("done", "failed") else {}
-        row = {"cell_id": c["id"], "label": c["label"], "status": status, "is_baseline": c["id"] in baseline}
+        row = {"cell_id": c["id"], "label": c["label"], "config": c.get("config") or _legacy_config(c),
+               "config_id": c.get("config_id") or c.get("config") or _legacy_config(c),
+               "status": status, "is_baseline": c["id"] in baseline}
         row.update({k: c["params"].get(k) for k in PARAM_COLUMNS})
         row.update({k: info.get(k) for k in METRIC_COLUMNS})
         cfg = info.get("config", {})
@@ -67,3 +70,8 @@ def read_logs(results: str | Path | Store, cell_id: str) -> tuple[pd.DataFrame, 
     """A cell's train_log.jsonl and eval_log.jsonl as DataFrames (TRL metric names)."""
     store = as_store(results)
     return tuple(pd.DataFrame(read_jsonl(store, f"cells/{cell_id}/{n}")) for n in ("train_log.jsonl", "eval_log.jsonl"))
+
+
+def _legacy_config(c: dict) -> str:
+    """plan.json written before configurations had their own fields: the label without its seed."""
+    return c["label"].rsplit(" s", 1)[0]

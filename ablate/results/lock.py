@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 
-from .spec import MatrixError
+from ..errors import UserError
 from .storage import HEARTBEAT_S, STALE_AFTER_S, Store, host_info
 
 LOCK = "LOCK"
@@ -33,9 +33,9 @@ class ResultsLock:
         return {**host_info(), "token": self.token, "since": self.since,
                 "heartbeat": time.time()}
 
-    def _busy(self, holder: dict | None) -> MatrixError:
+    def _busy(self, holder: dict | None) -> UserError:
         who = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder else "another process"
-        return MatrixError([
+        return UserError([
             f"{self.store.uri} is in use by another ablate run ({who}). Two runs on one results directory "
             "would train the same cells twice; wait for it to finish, or stop it (Ctrl-C, or `ablate cancel` "
             "for a submitted job), then run `ablate resume`."

@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from ..errors import UserError
+
 CONNECT_TIMEOUT_S = 10.0
 ENV_PYTHON, ENV_RAY, ENV_ABLATE = "ABLATE_CLIENT_PYTHON", "ABLATE_CLIENT_RAY", "ABLATE_CLIENT_VERSION"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class JobError(Exception):
-    """A mistake or condition the user can fix; printed as one line, no traceback."""
+class JobError(UserError):
+    """A mistake or condition the user can fix with a cluster job; printed as one line, no traceback."""
 
-    def __init__(self, message: str, code: int = 2):
-        self.code = code
-        super().__init__(message)
+    one_line = True
 
 
 # ---------------------------------------------------------------------------------------------

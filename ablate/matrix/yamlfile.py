@@ -2,7 +2,7 @@
 
 Each message names the file, the line, the field, the bad value and what is allowed, before Ray
 starts or a model loads. Relative data and model paths are resolved against the matrix's folder.
-The schema itself is ablate/spec.py.
+The schema itself is ablate/schema.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .spec import Located, MatrixError, MatrixSpec, yaml_number_hint
+from .. import objectives
+from ..errors import UserError
+from ..schema import Located, MatrixSpec, yaml_number_hint
+from .cells import selection_problems
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -121,13 +124,25 @@ _ADD_ALLOWED = {"missing", "int_parsing", "int_type", "int_from_float", "float_p
                 "finite_number"}
 
 
+def _name(loc: tuple) -> str:
+    return ".".join(str(p) if p != "lambda_" else "lambda" for p in loc) or "(top level)"
+
+
+def located(problems: list[tuple[tuple, str]], source: str, root: yaml.Node | None) -> list[str]:
+    """'file:line: field: message' for problems given as (pydantic location, message)."""
+    out = []
+    for loc, msg in problems:
+        line = _line_of(root, loc)
+        out.append(f"{source}:{line}: {_name(loc)}: {msg}" if line else f"{source}: {_name(loc)}: {msg}")
+    return out
+
+
 def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> list[str]:
     def where(loc: tuple) -> str:
         line = _line_of(root, loc)
         return f"{source}:{line}" if line else source
 
-    def name(loc: tuple) -> str:
-        return ".".join(str(p) if p != "lambda_" else "lambda" for p in loc) or "(top level)"
+    name = _name
 
     problems, union_seen = [], set()
     for e in err.errors():
@@ -148,10 +163,9 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
         elif e["type"] == "extra_forbidden":
             allowed = _allowed_fields(loc)
             msg = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
-            if loc[-1] in ("gamma", "gamma_beta_ratio") and "dpo" in loc:
-                msg += " (gamma belongs to simpo)"
-            if loc[-1] == "lambda" and "orpo" not in loc:
-                msg += " (lambda belongs to orpo)"
+            owners = objectives.owners(str(loc[-1]))
+            if len(loc) == 3 and loc[0] == "objectives" and owners:
+                msg += f" ({loc[-1]} belongs to {', '.join(owners)})"
         elif e["type"] == "missing":
             msg = "required field is missing"
         quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(e["input"], dict)  # not a whole mapping
@@ -193,23 +207,27 @@ def parse_matrix(text: str, source: str = "<matrix>") -> MatrixSpec:
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
         tag = re.search(r"tag:yaml\.org,2002:(\S+?)'", str(e.problem))
         tag = f"!!{tag.group(1)}" if tag else "here"
-        raise MatrixError([f"{source}:{line}: YAML tag {tag} is not allowed; ablate reads plain YAML only "
+        raise UserError([f"{source}:{line}: YAML tag {tag} is not allowed; ablate reads plain YAML only "
                            "(mappings, lists, strings, numbers, true/false, null)"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise MatrixError([f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}; a matrix is a YAML mapping "
+        raise UserError([f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}; a matrix is a YAML mapping "
                            "(name, model, data, matrix, ...) in plain block or flow style"]) from None
     if not isinstance(data, dict):
         got = "empty" if data is None else f"a {type(data).__name__}"
-        raise MatrixError([f"{source}: a matrix must be a YAML mapping with name, model, data, matrix, ... (got {got})"])
+        raise UserError([f"{source}: a matrix must be a YAML mapping with name, model, data, matrix, ... (got {got})"])
     duplicates = _duplicate_keys(root, source)
     if duplicates:
-        raise MatrixError(duplicates)
+        raise UserError(duplicates)
     try:
-        return MatrixSpec.model_validate(data)
+        spec = MatrixSpec.model_validate(data)
     except ValidationError as err:
-        raise MatrixError(format_validation_error(err, source, root)) from None
+        raise UserError(format_validation_error(err, source, root)) from None
+    problems = selection_problems(spec)
+    if problems:
+        raise UserError(located(problems, source, root))
+    return spec
 
 
 def load_matrix(path: str | Path) -> MatrixSpec:
@@ -218,16 +236,16 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise MatrixError([f"{path}: no such matrix file; give the path of a matrix YAML file"]) from None
+        raise UserError([f"{path}: no such matrix file; give the path of a matrix YAML file"]) from None
     except IsADirectoryError:
-        raise MatrixError([f"{path}: is a directory; give the path of a matrix YAML file"]) from None
+        raise UserError([f"{path}: is a directory; give the path of a matrix YAML file"]) from None
     except PermissionError:
-        raise MatrixError([f"{path}: permission denied; the matrix file must be readable"]) from None
+        raise UserError([f"{path}: permission denied; the matrix file must be readable"]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise MatrixError([f"{path}:{line}: not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
+        raise UserError([f"{path}:{line}: not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
     spec = parse_matrix(text, str(path))
     return _resolve_paths(spec, path.parent)
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from ..errors import UserError
+
 DONE = "DONE"
 HEARTBEAT_S = 10.0      # how often a training worker refreshes its running/ marker
 STALE_AFTER_S = 60.0    # a marker older than this belongs to a worker that is gone
@@ -285,3 +287,19 @@ def _can_create(d: Path) -> bool:
     os.close(fd)
     os.unlink(name)
     return True
+
+
+def read_plan(results: str | Path | Store) -> dict[str, Any]:
+    """plan.json of a results directory (written by the driver; every reader goes through here)."""
+    try:
+        store = as_store(results)
+        plan = store.read_json("plan.json")
+    except (OSError, ValueError) as e:  # an unreachable or malformed URI
+        raise UserError([f"{results}: cannot read: {str(e).splitlines()[0]}"]) from None
+    if plan is None:
+        raise UserError([f"{results}: not an ablate results directory (no plan.json); run `ablate run` first"])
+    return plan
+
+
+def write_plan(store: Store, plan: dict[str, Any]) -> None:
+    store.write_text("plan.json", dump_json(plan))

@@ -9,20 +9,20 @@ cells without the matrix file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # bundle, entrypoint, results_location, validate and the version checks are also imported from here.
-from .jobbundle import (STOP_WAIT_S, bundle, entrypoint, human_size, is_uri, results_location,  # noqa: F401
+from ..errors import UserError
+from ..results.storage import is_uri
+from .jobbundle import (STOP_WAIT_S, bundle, entrypoint, human_size, results_location,  # noqa: F401
                         runtime_env, validate)
 from .jobclient import (JobError, auth_message, check_client_versions, check_job_id, check_ray_versions,  # noqa: F401
                         connect, redact, sdk_call)
-from .spec import MatrixError
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 META_RESULTS, META_MATRIX = "ablate_results", "ablate_matrix"
@@ -30,7 +30,7 @@ META_RESULTS, META_MATRIX = "ablate_results", "ablate_matrix"
 
 def submit(matrix: str | Path, address: str | None, results: str | None, out) -> str:
     """Validate MATRIX here, submit it as a Ray Job, print the job id and return it."""
-    from . import __version__
+    from .. import __version__
 
     b = bundle(matrix, results)
     validate(matrix, b)
@@ -68,7 +68,7 @@ def _info(client, job: str):
 
 def job_cells(info) -> tuple[str | None, Any, str | None]:
     """(results location, cells DataFrame or None, why there are no cells)."""
-    from .collect import collect
+    from ..results.collect import collect
 
     meta = info.metadata or {}
     results = meta.get(META_RESULTS)
@@ -79,7 +79,7 @@ def job_cells(info) -> tuple[str | None, Any, str | None]:
                                "cluster's disk, or not created yet); the job status above is all ablate can show")
     try:
         cells, _ = collect(results, write=False)
-    except MatrixError as e:
+    except UserError as e:
         msg = e.problems[0] if e.problems else str(e)
         if "no plan.json" in msg:
             return results, None, f"no cells written at {results} yet (the job has not started training)"
@@ -182,18 +182,3 @@ def cancel(job: str, address: str | None, out, wait_s: float = STOP_WAIT_S + 45)
         out.print(f"  finished cells are kept in {results}; submitting the same matrix again trains only the rest.",
                   markup=False, highlight=False, soft_wrap=True)
     return status
-
-
-@contextlib.contextmanager
-def user_errors(err) -> Iterator[None]:
-    """Print a JobError as one line and exit with its code; never a traceback for what a user can fix."""
-    import typer
-
-    try:
-        yield
-    except JobError as e:
-        if e.code != 130:
-            from rich.text import Text
-
-            err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
-        raise typer.Exit(e.code) from None

@@ -2,7 +2,8 @@
 
 Each takes `LogProbs` for chosen and rejected (summed and averaged over completion tokens, plus the
 reference's sums when the objective uses one) and returns (per-pair loss, chosen reward, rejected
-reward). The training loop never branches on the objective except through this table.
+reward). What else an objective needs (its knobs, whether it uses the reference) is its entry in the
+registry, ablate/objectives.py; the training loop never branches on the objective's name.
 Rewards are not comparable across objectives: DPO's are summed and reference-relative, SimPO's and
 ORPO's are per-token averages.
 """
@@ -15,6 +16,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .. import objectives
 
 
 @dataclass
@@ -56,39 +59,8 @@ def orpo_loss(c: LogProbs, r: LogProbs, lam: float) -> LossOut:
     return loss, (lam * cw).detach(), (lam * cl).detach()
 
 
-@dataclass(frozen=True)
-class Objective:
-    fn: Callable[..., LossOut]
-    needs_reference: bool
-    knobs: tuple[str, ...]
-
-    def __call__(self, c: LogProbs, r: LogProbs, params: dict) -> LossOut:
-        return self.fn(c, r, *(params[k] for k in self.knobs))
-
-
-OBJECTIVES = {
-    "dpo": Objective(dpo_loss, needs_reference=True, knobs=("beta",)),
-    "simpo": Objective(simpo_loss, needs_reference=False, knobs=("beta", "gamma")),
-    "orpo": Objective(orpo_loss, needs_reference=False, knobs=("lambda",)),
-}
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 8):
-    """Summed and averaged log-probs of completion tokens, with the one-token label shift, from full logits
-    (the textbook pass; training uses forward.Forward, which tests/test_forward.py checks against this).
-
-    Logits at position t predict token t+1, so a token counts when loss_mask is 1 at its own position.
-    Rows are processed in chunks so the fp32 log-softmax never holds the whole [N, T, V] at once.
-    Returns (sum [N], avg [N], n_tokens [N]).
-    """
-    labels = input_ids[:, 1:]
-    mask = loss_mask[:, 1:].to(torch.float32)
-    out = []
-    for s in range(0, logits.shape[0], chunk):
-        lg = logits[s : s + chunk, :-1].float()
-        lp = torch.gather(lg.log_softmax(-1), 2, labels[s : s + chunk].unsqueeze(-1)).squeeze(-1)
-        out.append(lp)
-    per_token = torch.cat(out) * mask
-    n = mask.sum(-1)
-    total = per_token.sum(-1)
-    return total, total / n.clamp(min=1), n
+def loss_for(name: str) -> Callable[[LogProbs, LogProbs, dict], LossOut]:
+    """The registered objective's loss as f(chosen, rejected, cell params): its knobs, in the registry's order."""
+    entry = objectives.get(name)
+    fn = globals()[entry.loss]
+    return lambda c, r, params: fn(c, r, *(params[k] for k in entry.knobs))

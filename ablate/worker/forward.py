@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Pair
+from ..inputs.tokenize import Pair
 
 HEAD_CHUNK = 2048  # completion tokens per LM-head + log-softmax chunk
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from .storage import Store
+from ..results.storage import Store
 
 
 def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart: pd.DataFrame) -> list[str]:
@@ -18,9 +18,6 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .decide import config_names
-
-    cells = cells.assign(_cfg=config_names(cells))
     done = cells[cells["status"] == "done"].sort_values("label")
     out = []
 
@@ -62,7 +59,7 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
         acc.append(r["heldout_accuracy"])
         lo.append(r["heldout_accuracy"] - ci.low)
         hi.append(ci.high - r["heldout_accuracy"])
-        cfg = r["_cfg"]
+        cfg = r["config"]
         colors.append("tab:green" if cfg == winner else "tab:blue" if r["is_baseline"] else "tab:grey")
     y = np.arange(len(labels))
     ax.errorbar(acc, y, xerr=[lo, hi], fmt="none", ecolor="black", capsize=3)

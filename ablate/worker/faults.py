@@ -1,0 +1,41 @@
+"""Fault injection for the failure tests, read from the environment once per cell; never set in normal use.
+
+ABLATE_TEST_KILL_AT_STEP=N    the worker dies like a preempted node (no cleanup, no exception) at step N of a
+                              cell's first attempt, so a retry resumes from its checkpoint
+ABLATE_TEST_RAISE_AT=obj@N    cells of objective `obj` raise at step N, like bad data found mid-training
+ABLATE_TEST_OOM_ABOVE=M       a micro-batch above M raises torch.OutOfMemoryError, as a GPU would
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Faults:
+    kill_at_step: int | None = None
+    raise_objective: str | None = None
+    raise_at_step: int | None = None
+    oom_above: int | None = None
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        env = os.environ
+        target, _, at = env.get("ABLATE_TEST_RAISE_AT", "").partition("@")
+        num = lambda k: int(env[k]) if env.get(k) else None  # noqa: E731
+        return cls(num("ABLATE_TEST_KILL_AT_STEP"), target or None, int(at) if at else None,
+                   num("ABLATE_TEST_OOM_ABOVE"))
+
+    def before_batch(self, micro: int) -> None:
+        if self.oom_above is not None and micro > self.oom_above:
+            import torch
+
+            raise torch.OutOfMemoryError(f"simulated CUDA out of memory at micro-batch {micro} (ABLATE_TEST_OOM_ABOVE)")
+
+    def after_step(self, step: int, objective: str, resumed: bool) -> None:
+        if self.kill_at_step is not None and step == self.kill_at_step and not resumed:
+            os._exit(137)
+        if objective == self.raise_objective and step == self.raise_at_step:
+            raise ValueError(f"simulated bad batch at step {step} (ABLATE_TEST_RAISE_AT)")
+

@@ -1,0 +1,327 @@
+"""The one recipe, for every objective (only the loss differs), in the torchtune shape:
+
+    recipe = Recipe(cell, model_spec, runtime)
+    recipe.setup(train_rows, heldout_rows, reference)   # tokenizer, pairs, base model + fresh LoRA, optimizer
+    state = recipe.train(TrainState(), hooks)           # the loop; hooks: progress, checkpoints, test faults
+    result = recipe.finish(state)                        # final held-out evaluation → summary, logs, per-pair rows
+
+It returns what it computed; ablate/worker/cell.py writes the files and publishes the cell. The reference
+pass (π_ref, the base model without the adapter) shares `load_base` with setup.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import pandas as pd
+import torch
+
+from .. import objectives
+from ..config import CellConfig, Runtime
+from ..inputs.models import load_model, load_tokenizer
+from ..inputs.tokenize import Pair, encode
+from ..schema import ModelSpec
+from .forward import Forward, collate
+from .losses import LogProbs, loss_for
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed cell needs to continue exactly where it stopped (besides weights and RNGs)."""
+
+    step: int = 0
+    order: list[int] | None = None  # this epoch's pair order
+    pos: int = 0  # position in `order`
+    train_log: list[dict] = field(default_factory=list)
+    eval_log: list[dict] = field(default_factory=list)
+    best: float | None = None  # early stopping: best held-out value so far (lower is better)
+    since_best: int = 0
+    stopped_early: bool = False
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> TrainState:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class Hooks(Protocol):
+    def before_batch(self, micro: int) -> None: ...
+    def after_step(self, recipe: Recipe, state: TrainState, total_steps: int) -> None: ...
+
+
+@dataclass
+class CellResult:
+    summary: dict[str, Any]  # the metrics cell.json and cells.parquet carry
+    train_log: list[dict]
+    eval_log: list[dict]
+    pairs: pd.DataFrame  # one row per held-out pair
+
+
+def device_for(runtime: Runtime) -> torch.device:
+    """CUDA when the cell asked for a GPU (Ray then exposes only its share), or when run outside Ray with one;
+    a cell with gpus_per_cell 0 stays on CPU even on a GPU node, since Ray accounted no GPU for it."""
+    if runtime.device == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict]], data) -> tuple:
+    """Tokenizer, encoded pairs per split and the base model: what the recipe and the reference pass share."""
+    tok = load_tokenizer(model_spec)
+    pairs = {s: encode(r, tok, data.max_length, data.prompt_budget, f"data.{s}") for s, r in rows.items()}
+    model = load_model(model_spec, device_for(runtime), runtime.attention)
+    return tok, pairs, model
+
+
+@torch.no_grad()
+def all_logps(fwd: Forward, pairs: list[Pair], batch_size: int, pad_id: int, device, share: bool
+              ) -> dict[str, torch.Tensor]:
+    """Summed/averaged log-probs and lengths of every pair (eval mode); with the adapter disabled this is
+    the reference, computed once instead of once per step."""
+    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("c_sum", "r_sum", "c_avg", "r_avg", "c_len", "r_len")}
+    for s in range(0, len(pairs), batch_size):
+        b = collate(pairs, list(range(s, min(s + batch_size, len(pairs)))), pad_id, share).to(device)
+        total, avg, n = fwd(b)
+        B = len(b.index)
+        for key, t in (("sum", total), ("avg", avg), ("len", n)):
+            cols[f"c_{key}"].append(t[:B].cpu())
+            cols[f"r_{key}"].append(t[B:].cpu())
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+def reference_logps(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout_rows, runtime: Runtime) -> dict:
+    """π_ref's log-probs (the frozen base model) for every train and held-out pair. They depend only on model,
+    data, lengths and eval batch — not on rank, β or seed — so one computation serves every cell that needs
+    them (see CellConfig.reference_key)."""
+    tok, pairs, model = load_base(model_spec, runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data)
+    fwd, bs = Forward(model.eval()), runtime.eval_batch_size or cell.train.eval_batch_size
+    device = device_for(runtime)
+    return {s: all_logps(fwd, ps, bs, tok.pad_token_id, device, runtime.shares_prompt) for s, ps in pairs.items()}
+
+
+def _sides(total, avg, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
+    c = LogProbs(total[:B], avg[:B], None if ref is None else ref["c_sum"][idx].to(total.device))
+    r = LogProbs(total[B:], avg[B:], None if ref is None else ref["r_sum"][idx].to(total.device))
+    return c, r
+
+
+@dataclass
+class _Stats:
+    """One micro-batch's outputs, kept for the step's log row."""
+
+    loss: torch.Tensor
+    chosen_reward: torch.Tensor
+    rejected_reward: torch.Tensor
+    chosen: LogProbs
+    rejected: LogProbs
+
+
+def _metrics(prefix: str, s: _Stats, scoring: str) -> dict[str, float]:
+    # TRL logs the log-prob the objective scores with: summed for DPO, per-token mean for SimPO/ORPO.
+    c, r = (s.chosen.sum, s.rejected.sum) if scoring == "sum" else (s.chosen.avg, s.rejected.avg)
+    cr, rr = s.chosen_reward, s.rejected_reward
+    return {
+        f"{prefix}loss": s.loss.mean().item(),
+        f"{prefix}rewards/chosen": cr.mean().item(),
+        f"{prefix}rewards/rejected": rr.mean().item(),
+        f"{prefix}rewards/margins": (cr - rr).mean().item(),
+        f"{prefix}rewards/accuracies": (cr > rr).float().mean().item(),
+        f"{prefix}logps/chosen": c.detach().mean().item(),
+        f"{prefix}logps/rejected": r.detach().mean().item(),
+    }
+
+
+def _cat(stats: list[_Stats]) -> _Stats:
+    cat = torch.cat
+    return _Stats(cat([s.loss for s in stats]), cat([s.chosen_reward for s in stats]),
+                  cat([s.rejected_reward for s in stats]),
+                  LogProbs(cat([s.chosen.sum for s in stats]), cat([s.chosen.avg for s in stats])),
+                  LogProbs(cat([s.rejected.sum for s in stats]), cat([s.rejected.avg for s in stats])))
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class Recipe:
+    def __init__(self, cell: CellConfig, model_spec: ModelSpec, runtime: Runtime, micro_batch: int | None = None):
+        self.cell, self.model_spec, self.runtime = cell, model_spec, runtime
+        self.objective = objectives.get(cell.objective)
+        self.loss = loss_for(cell.objective)
+        t = cell.train
+        self.micro = micro_batch or t.batch_size // t.grad_accum  # smaller after an OOM; same effective batch
+        self.eval_bs = runtime.eval_batch_size or t.eval_batch_size
+        self.device = device_for(runtime)
+        self.share = runtime.shares_prompt
+
+    def setup(self, train_rows: list[dict], heldout_rows: list[dict], reference: dict | None = None) -> Recipe:
+        """Tokenize, load the base model, add a fresh LoRA, get the reference log-probs, build the optimizer."""
+        from peft import LoraConfig, get_peft_model
+        from transformers import get_scheduler
+
+        cell, t = self.cell, self.cell.train
+        random.seed(cell.seed)
+        torch.manual_seed(cell.seed)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)  # a Ray worker may train several cells: peak per cell
+        tok, pairs, model = load_base(self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows},
+                                      cell.data)
+        self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
+        model = get_peft_model(model, LoraConfig(
+            r=cell.rank, lora_alpha=t.lora.alpha_over_rank * cell.rank, lora_dropout=t.lora.dropout,
+            target_modules=list(t.lora.targets), task_type="CAUSAL_LM",
+        ))
+        if self.runtime.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        self.model = model
+        self.trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+        self.fwd = Forward(model)
+        self.policy = Forward(model, compile=True) if self.runtime.compile else self.fwd  # training forward only
+
+        t_ref = time.perf_counter()
+        if self.objective.reference and reference is None:  # not shared by the runner: the policy, adapter off
+            model.eval()
+            with model.disable_adapter():
+                reference = {s: all_logps(self.fwd, ps, self.eval_bs, self.pad, self.device, self.share)
+                             for s, ps in pairs.items()}
+        self.reference_seconds = time.perf_counter() - t_ref
+        self.ref = reference if self.objective.reference else None
+
+        self.steps_per_epoch = math.ceil(len(self.train_pairs) / t.batch_size)
+        self.total_steps = t.max_steps or self.steps_per_epoch * t.epochs
+        self.params = [x for x in model.parameters() if x.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
+        self.sched = get_scheduler(t.scheduler, self.opt, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                   num_training_steps=self.total_steps)
+        self.gen = torch.Generator().manual_seed(cell.seed)  # data order
+        return self
+
+    def _step(self, state: TrainState, hooks: Hooks) -> list[_Stats]:
+        """One optimizer step over the next batch, in micro-batches."""
+        bs = self.cell.train.batch_size
+        if state.order is None or state.pos >= len(state.order):  # a new epoch
+            state.order, state.pos = torch.randperm(len(self.train_pairs), generator=self.gen).tolist(), 0
+        idx = state.order[state.pos : state.pos + bs]
+        state.pos += bs
+        self.opt.zero_grad(set_to_none=True)
+        stats = []
+        ref = self.ref["train"] if self.ref else None
+        for m in range(0, len(idx), self.micro):
+            hooks.before_batch(self.micro)
+            b = collate(self.train_pairs, idx[m : m + self.micro], self.pad, self.share).to(self.device)
+            total, avg, _ = self.policy(b)
+            c, r = _sides(total, avg, len(b.index), ref, torch.tensor(b.index))
+            loss, cr, rr = self.loss(c, r, self.cell.params)
+            (loss.sum() / len(idx)).backward()
+            state.tokens += b.tokens  # counted as [prompt, completion] rows, as TRL would see them
+            stats.append(_Stats(loss.detach(), cr, rr, c, r))
+        return stats
+
+    def train(self, state: TrainState, hooks: Hooks) -> TrainState:
+        t, total = self.cell.train, self.total_steps
+        eval_every = t.eval_steps or max(1, total // 4)
+        t0 = time.perf_counter() - state.seconds
+        self.model.train()
+        while state.step < total and not state.stopped_early:
+            stats = self._step(state, hooks)
+            # clip the gradient, step the optimizer and the schedule
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+            lr_used = self.sched.get_last_lr()[0]  # the rate this step trained with, as TRL logs it
+            self.opt.step()
+            self.sched.step()
+            state.step += 1
+            step = state.step
+            if step % t.logging_steps == 0 or step == 1 or step == total:
+                row = _metrics("", _cat(stats), self.objective.scoring)
+                row.update(step=step, epoch=step / self.steps_per_epoch, learning_rate=lr_used,
+                           grad_norm=float(grad_norm))
+                state.train_log.append(row)
+            if step % eval_every == 0 and step != total:
+                m_eval, _ = self.evaluate()
+                state.eval_log.append({**m_eval, "step": step, "epoch": step / self.steps_per_epoch})
+                self._early_stopping(state, m_eval)
+            state.seconds = time.perf_counter() - t0
+            hooks.after_step(self, state, total)
+        return state
+
+    def _early_stopping(self, state: TrainState, m_eval: dict) -> None:
+        es = self.cell.train.early_stopping
+        if es is None:
+            return
+        value = m_eval[es.metric] * (1 if es.metric == "eval_loss" else -1)  # lower is better from here on
+        if state.best is None or value < state.best:
+            state.best, state.since_best = value, 0
+        else:
+            state.since_best += 1
+        state.stopped_early = state.since_best >= es.patience
+
+    def evaluate(self) -> tuple[dict[str, float], pd.DataFrame]:
+        """Held-out metrics (eval_ prefix) and one row per pair, scored under the cell's own reward."""
+        was_training = self.model.training
+        self.model.eval()
+        lp = all_logps(self.fwd, self.held_pairs, self.eval_bs, self.pad, self.device, self.share)
+        self.model.train(was_training)
+        n = len(self.held_pairs)
+        idx = torch.arange(n)
+        ref = self.ref["heldout"] if self.ref else None
+        c, r = _sides(torch.cat([lp["c_sum"], lp["r_sum"]]), torch.cat([lp["c_avg"], lp["r_avg"]]), n, ref, idx)
+        loss, cr, rr = self.loss(c, r, self.cell.params)
+        m = _metrics("eval_", _Stats(loss, cr, rr, c, r), self.objective.scoring)
+        m["eval_accuracy"] = m["eval_rewards/accuracies"]
+        rows = pd.DataFrame({
+            "pair": idx.numpy(),
+            "chosen_logp_sum": lp["c_sum"].numpy(), "rejected_logp_sum": lp["r_sum"].numpy(),
+            "chosen_logp_avg": lp["c_avg"].numpy(), "rejected_logp_avg": lp["r_avg"].numpy(),
+            "chosen_len": lp["c_len"].numpy().astype("int64"), "rejected_len": lp["r_len"].numpy().astype("int64"),
+            "chosen_reward": cr.numpy(), "rejected_reward": rr.numpy(),
+            "margin": (cr - rr).numpy(), "correct": (cr > rr).numpy(),
+        })
+        if ref is not None:
+            rows["chosen_ref_logp_sum"] = ref["c_sum"].numpy()
+            rows["rejected_ref_logp_sum"] = ref["r_sum"].numpy()
+        rows["truncated"] = [p.truncated for p in self.held_pairs]  # prompt or either completion was cut
+        return m, rows
+
+    def finish(self, state: TrainState, resumed_from: int | None = None) -> CellResult:
+        """The final held-out evaluation and the cell's summary row."""
+        m_eval, pairs = self.evaluate()
+        eval_log = [*state.eval_log, {**m_eval, "step": state.step, "epoch": state.step / self.steps_per_epoch}]
+        tl, bs = state.train_log, self.cell.train.batch_size
+        summary = {
+            "heldout_accuracy": m_eval["eval_accuracy"],
+            "heldout_margin": m_eval["eval_rewards/margins"],
+            "heldout_loss": m_eval["eval_loss"],
+            "train_margin_first": tl[0]["rewards/margins"],
+            "train_margin_last": tl[-1]["rewards/margins"],
+            "train_loss_last": tl[-1]["loss"],
+            "heldout_pairs": len(self.held_pairs),
+            "train_pairs": len(self.train_pairs),
+            "truncated_train_pairs": sum(p.truncated for p in self.train_pairs),
+            "truncated_heldout_pairs": sum(p.truncated for p in self.held_pairs),
+            "steps": state.step,
+            "stopped_early": state.stopped_early,
+            "train_seconds": state.seconds,
+            "reference_seconds": self.reference_seconds,
+            "tokens_per_second": state.tokens / state.seconds if state.seconds > 0 else float("nan"),
+            "peak_memory_mb": peak_memory_mb(self.device),
+            "trainable_params": self.trainable,
+            "device": str(self.device),
+            "micro_batch": self.micro,
+            "grad_accum": -(-bs // self.micro),
+            "resumed_from_step": resumed_from,
+        }
+        return CellResult(summary, tl, eval_log, pairs)
