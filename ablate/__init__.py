@@ -7,9 +7,18 @@ __version__ = "0.1.0"
 
 # Imported on first use, so `ablate --help` and every CLI call start without loading torch and pandas. No
 # submodule shares a name with these functions, so importing one never replaces a function here.
-_EXPORTS = {"run": "api", "collect": "results.collect", "Decision": "verdict.decide", "decide": "verdict.decide",
-            "make_plan": "matrix.plan", "build_report": "verdict.report", "UserError": "errors",
-            "MatrixError": "errors", "load_matrix": "matrix.yamlfile", "MatrixSpec": "schema"}
+_EXPORTS = {
+    "run": "api",
+    "collect": "results.collect",
+    "Decision": "verdict.decide",
+    "decide": "verdict.decide",
+    "make_plan": "matrix.plan",
+    "build_report": "verdict.report",
+    "UserError": "errors",
+    "MatrixError": "errors",
+    "load_matrix": "matrix.yamlfile",
+    "MatrixSpec": "schema",
+}
 
 
 def __getattr__(name: str):

@@ -1,8 +1,8 @@
 """The Python API for notebooks and scripts: the same steps the CLI runs.
 
-    import ablate
-    cells, pairs = ablate.run("matrices/quickstart.yaml")
-    d = ablate.decide(cells, pairs)
+import ablate
+cells, pairs = ablate.run("matrices/quickstart.yaml")
+d = ablate.decide(cells, pairs)
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from .matrix.plan import make_plan
 from .verdict.report import build_report
 
 
-def run(matrix, results: str | Path | None = None, address: str | None = None,
-        num_cpus: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run(
+    matrix, results: str | Path | None = None, address: str | None = None, num_cpus: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate `matrix` (a path or a MatrixSpec), train every unfinished cell on Ray, write
     cells.parquet / pairs.parquet / report.md, and return (cells, pairs) as DataFrames."""
     plan = make_plan(matrix, results)

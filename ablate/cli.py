@@ -6,8 +6,9 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -15,21 +16,33 @@ from rich.console import Console
 from .errors import UserError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Run preference-tuning ablations (DPO / SimPO / ORPO × LoRA rank × β × γ × seed) on Ray, "
-         "evaluate every cell on held-out pairs, and decide honestly which one wins.",
+    "evaluate every cell on held-out pairs, and decide honestly which one wins.",
 )
 console = Console()
 err = Console(stderr=True)
 
 MATRIX = typer.Argument(..., help="Matrix YAML file, e.g. matrices/quickstart.yaml.", show_default=False)
-RESULTS = typer.Option(None, "--results", "-r", help="Results root: a path or a URI such as s3://bucket/ablate "
-                       "(default: the matrix's `storage`, 'results').")
-ADDRESS = typer.Option(None, "--address", "-a",
-                       help="Existing Ray cluster: 'auto' or 'ray://HOST:10001'. Default: start Ray locally.")
-JOB_ADDRESS = typer.Option(None, "--address", "-a", show_default=False,
-                           help="The cluster's Ray dashboard, http://HEAD:8265 (default: $RAY_ADDRESS if it is an "
-                                "http(s) URL). Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment.")
+RESULTS = typer.Option(
+    None,
+    "--results",
+    "-r",
+    help="Results root: a path or a URI such as s3://bucket/ablate (default: the matrix's `storage`, 'results').",
+)
+ADDRESS = typer.Option(
+    None, "--address", "-a", help="Existing Ray cluster: 'auto' or 'ray://HOST:10001'. Default: start Ray locally."
+)
+JOB_ADDRESS = typer.Option(
+    None,
+    "--address",
+    "-a",
+    show_default=False,
+    help="The cluster's Ray dashboard, http://HEAD:8265 (default: $RAY_ADDRESS if it is an "
+    "http(s) URL). Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment.",
+)
 JOB_ID = typer.Option(..., "--job", "-j", help="The Ray job id printed by `ablate submit`.", show_default=False)
 
 
@@ -69,25 +82,36 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         _fail(e)
     status = plan.status()
     n_done = sum(s == "done" for s in status.values())
-    console.print(f"[bold]{plan.spec.name}[/bold]: {len(plan.cells)} cells, {n_done} already done "
-                  f"→ results in {plan.results}")
+    console.print(
+        f"[bold]{plan.spec.name}[/bold]: {len(plan.cells)} cells, {n_done} already done → results in {plan.results}"
+    )
     failed = []
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, transient=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
     task = None
 
     def on_start(n):
         nonlocal task
         if n:
-            console.print(f"{verb}: training {n} cell(s) on Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})…")
+            console.print(
+                f"{verb}: training {n} cell(s) on Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})…"
+            )
             progress.start()
             task = progress.add_task("cells", total=n)
 
     def on_done(out):
         acc = out.get("heldout_accuracy")
         if out["status"] == "done":
-            progress.console.print(f"  [green]✓[/green] {out['label']:<28} held-out acc {acc:.3f}  "
-                                   f"({out['train_seconds']:.1f}s training)")
+            progress.console.print(
+                f"  [green]✓[/green] {out['label']:<28} held-out acc {acc:.3f}  ({out['train_seconds']:.1f}s training)"
+            )
         else:
             failed.append(out)
             progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
@@ -101,11 +125,14 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         _fail(e)
     except KeyboardInterrupt:
         progress.stop()
-        again = "submit the matrix again (`ablate submit`)" if os.environ.get("ABLATE_CLIENT_PYTHON") else \
-            f"run `ablate resume {matrix}`"
+        again = (
+            "submit the matrix again (`ablate submit`)"
+            if os.environ.get("ABLATE_CLIENT_PYTHON")
+            else f"run `ablate resume {matrix}`"
+        )
         err.print(f"[yellow]Interrupted: finished cells are kept; {again} to train the rest.[/yellow]")
         shutdown()
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     finally:
         progress.stop()
     shutdown()
@@ -113,11 +140,15 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     console.print()
     print_report(rep, console)
     r = plan.results.uri
-    console.print(f"\nTables: {r}/cells.parquet, {r}/pairs.parquet; report: {r}/report.md  "
-                  f"({time.perf_counter() - t0:.0f}s)")
+    console.print(
+        f"\nTables: {r}/cells.parquet, {r}/pairs.parquet; report: {r}/report.md  ({time.perf_counter() - t0:.0f}s)"
+    )
     if failed:
-        err.print(f"[red]{len(failed)} cell(s) failed:[/red] " + ", ".join(f["label"] for f in failed)
-                  + f". Stack traces: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them.")
+        err.print(
+            f"[red]{len(failed)} cell(s) failed:[/red] "
+            + ", ".join(f["label"] for f in failed)
+            + f". Stack traces: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them."
+        )
         raise typer.Exit(1)
 
 
@@ -146,12 +177,16 @@ def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
     except UserError as e:
         _fail(e)
     status = plan.status()
-    console.print(f"[green]OK[/green] {matrix}: {len(plan.cells)} cells "
-                  f"({sum(s == 'done' for s in status.values())} already done), "
-                  f"{len(plan.train_rows)} training pairs, {len(plan.heldout_rows)} held-out pairs.")
+    console.print(
+        f"[green]OK[/green] {matrix}: {len(plan.cells)} cells "
+        f"({sum(s == 'done' for s in status.values())} already done), "
+        f"{len(plan.train_rows)} training pairs, {len(plan.heldout_rows)} held-out pairs."
+    )
     for c in plan.cells:
-        console.print(f"  {c.id}  {c.label:<28} {status[c.id]}{'  (baseline)' if c.id in plan.baseline_ids else ''}",
-                      highlight=False)
+        console.print(
+            f"  {c.id}  {c.label:<28} {status[c.id]}{'  (baseline)' if c.id in plan.baseline_ids else ''}",
+            highlight=False,
+        )
 
 
 def _results_dir(target: str, results: Optional[str]) -> str:
@@ -167,12 +202,16 @@ def _results_dir(target: str, results: Optional[str]) -> str:
 
 
 @app.command()
-def status(target: Optional[str] = typer.Argument(None, help="A results directory (results/<name>, s3://…/<name>) or a matrix file.",
-                                                  show_default=False),
-           results: Optional[str] = RESULTS,
-           job: Optional[str] = typer.Option(None, "--job", "-j", show_default=False,
-                                             help="A Ray job id from `ablate submit`: show the job and its cells."),
-           address: Optional[str] = JOB_ADDRESS) -> None:
+def status(
+    target: Optional[str] = typer.Argument(
+        None, help="A results directory (results/<name>, s3://…/<name>) or a matrix file.", show_default=False
+    ),
+    results: Optional[str] = RESULTS,
+    job: Optional[str] = typer.Option(
+        None, "--job", "-j", show_default=False, help="A Ray job id from `ablate submit`: show the job and its cells."
+    ),
+    address: Optional[str] = JOB_ADDRESS,
+) -> None:
     """Show each cell's state (pending / running / failed / done) and headline numbers."""
     from rich.table import Table
 
@@ -196,21 +235,38 @@ def status(target: Optional[str] = typer.Argument(None, help="A results director
         table.add_column(c)
     color = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
     for r in cells.to_dict("records"):
-        acc = "" if r["heldout_accuracy"] is None or r["heldout_accuracy"] != r["heldout_accuracy"] else f"{r['heldout_accuracy']:.3f}"
-        secs = "" if r["train_seconds"] is None or r["train_seconds"] != r["train_seconds"] else f"{r['train_seconds']:.1f}"
-        table.add_row(r["cell_id"], r["label"], f"[{color[r['status']]}]{r['status']}[/]", acc, secs,
-                      f"{r['error_type']}: {r['error']}" if r["status"] == "failed" else "")
+        acc = (
+            ""
+            if r["heldout_accuracy"] is None or r["heldout_accuracy"] != r["heldout_accuracy"]
+            else f"{r['heldout_accuracy']:.3f}"
+        )
+        secs = (
+            ""
+            if r["train_seconds"] is None or r["train_seconds"] != r["train_seconds"]
+            else f"{r['train_seconds']:.1f}"
+        )
+        table.add_row(
+            r["cell_id"],
+            r["label"],
+            f"[{color[r['status']]}]{r['status']}[/]",
+            acc,
+            secs,
+            f"{r['error_type']}: {r['error']}" if r["status"] == "failed" else "",
+        )
     console.print(table)
     counts = cells["status"].value_counts().to_dict()
     console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 @app.command()
-def report(target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
-           rule: Optional[str] = typer.Option(None, help="Re-decide with another rule: paired_exact, "
-                                              "paired_bootstrap or seed_rule (default: the matrix's)."),
-           alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
-           results: Optional[str] = RESULTS) -> None:
+def report(
+    target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
+    rule: Optional[str] = typer.Option(
+        None, help="Re-decide with another rule: paired_exact, paired_bootstrap or seed_rule (default: the matrix's)."
+    ),
+    alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
+    results: Optional[str] = RESULTS,
+) -> None:
     """Collect the tables, decide, and print the report; writes cells.parquet, pairs.parquet, report.md, PNGs."""
     from .verdict.report import build_report, print_report
 
@@ -226,12 +282,19 @@ def report(target: str = typer.Argument(..., help="A results directory (results/
 
 
 @app.command()
-def submit(matrix: Path = MATRIX, address: Optional[str] = JOB_ADDRESS,
-           results: Optional[str] = typer.Option(
-               None, "--results", "-r", show_default=False,
-               help="Results root as the cluster sees it: an absolute path every node can write, or a URI "
-                    "(s3://…, gs://…). Default: the matrix's `storage`.")) -> None:
-    """Validate MATRIX here, then submit it as a Ray Job (code, matrix and small local data shipped); print the job id."""
+def submit(
+    matrix: Path = MATRIX,
+    address: Optional[str] = JOB_ADDRESS,
+    results: Optional[str] = typer.Option(
+        None,
+        "--results",
+        "-r",
+        show_default=False,
+        help="Results root as the cluster sees it: an absolute path every node can write, or a URI "
+        "(s3://…, gs://…). Default: the matrix's `storage`.",
+    ),
+) -> None:
+    """Validate MATRIX here, then submit it as a Ray Job (code, matrix and local data shipped); print the job id."""
     from .cluster import jobs
 
     with _user_errors():
@@ -239,8 +302,11 @@ def submit(matrix: Path = MATRIX, address: Optional[str] = JOB_ADDRESS,
 
 
 @app.command()
-def logs(job: str = JOB_ID, follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends."),
-         address: Optional[str] = JOB_ADDRESS) -> None:
+def logs(
+    job: str = JOB_ID,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends."),
+    address: Optional[str] = JOB_ADDRESS,
+) -> None:
     """Print a submitted job's driver log; --follow streams it until the job ends."""
     from .cluster import jobs
 

@@ -52,8 +52,13 @@ class CellConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The hashed form (also stored in cell.json): the same layout since 0.1, so ids stay stable."""
-        return {"params": dict(self.params), "train": self.train.model_dump(mode="json"), "model": dict(self.model),
-                "data": self.data.to_json(), "ablate_version": self.ablate_version}
+        return {
+            "params": dict(self.params),
+            "train": self.train.model_dump(mode="json"),
+            "model": dict(self.model),
+            "data": self.data.to_json(),
+            "ablate_version": self.ablate_version,
+        }
 
     @property
     def id(self) -> str:
@@ -62,9 +67,16 @@ class CellConfig:
     def reference_key(self, runtime: Runtime) -> str:
         """What the reference log-probs depend on: the base model, the data, and how it is cut and batched
         (not rank, β or seed), so one computation serves every cell that needs them."""
-        return stable_hash({"model": self.model, "data": self.data.to_json(), "share_prompt": runtime.shares_prompt,
-                            "ablate_version": self.ablate_version, "attention": runtime.attention,
-                            "eval_batch_size": self.train.eval_batch_size})
+        return stable_hash(
+            {
+                "model": self.model,
+                "data": self.data.to_json(),
+                "share_prompt": runtime.shares_prompt,
+                "ablate_version": self.ablate_version,
+                "attention": runtime.attention,
+                "eval_batch_size": self.train.eval_batch_size,
+            }
+        )
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ class Settings(Strict):
         return unique_nonempty(v)
 
     def variants(self) -> list[dict[str, Any]]:
-        fields = {(f.alias or n): getattr(self, n) for n, f in type(self).model_fields.items()
-                  if getattr(self, n) is not None}
+        fields = {
+            (f.alias or n): getattr(self, n) for n, f in type(self).model_fields.items() if getattr(self, n) is not None
+        }
         return [dict(zip(fields, combo)) for combo in itertools.product(*fields.values())]
 
 
@@ -75,13 +76,17 @@ class SimPOSettings(Settings):
     @model_validator(mode="after")
     def _one_gamma(self):
         if self.gamma is not None and self.gamma_beta_ratio is not None:
-            raise Located([(("gamma_beta_ratio",), "give either gamma (reward units) or gamma_beta_ratio (γ/β), not both")])
+            raise Located(
+                [(("gamma_beta_ratio",), "give either gamma (reward units) or gamma_beta_ratio (γ/β), not both")]
+            )
         return self
 
     def variants(self) -> list[dict[str, Any]]:
         if self.gamma_beta_ratio is not None:
-            return [{"beta": b, "gamma": round(r * b, 12), "gamma_beta_ratio": r}
-                    for b, r in itertools.product(self.beta, self.gamma_beta_ratio)]
+            return [
+                {"beta": b, "gamma": round(r * b, 12), "gamma_beta_ratio": r}
+                for b, r in itertools.product(self.beta, self.gamma_beta_ratio)
+            ]
         return [{"beta": b, "gamma": g} for b, g in itertools.product(self.beta, self.gamma or [0.5])]
 
 
@@ -103,13 +108,39 @@ class ObjectiveDef:
 
 
 REGISTRY: dict[str, ObjectiveDef] = {
-    o.name: o for o in (
-        ObjectiveDef("dpo", DPOSettings, ("beta",), {"beta": "β"}, reference=True, scoring="sum",
-                     loss="dpo_loss", paper="Rafailov et al. 2023"),
-        ObjectiveDef("simpo", SimPOSettings, ("beta", "gamma"), {"beta": "β", "gamma": "γ"}, reference=False,
-                     scoring="avg", loss="simpo_loss", paper="Meng et al. 2024", extra_columns=("gamma_beta_ratio",)),
-        ObjectiveDef("orpo", ORPOSettings, ("lambda",), {"lambda": "λ"}, reference=False, scoring="avg",
-                     loss="orpo_loss", paper="Hong et al. 2024"),
+    o.name: o
+    for o in (
+        ObjectiveDef(
+            "dpo",
+            DPOSettings,
+            ("beta",),
+            {"beta": "β"},
+            reference=True,
+            scoring="sum",
+            loss="dpo_loss",
+            paper="Rafailov et al. 2023",
+        ),
+        ObjectiveDef(
+            "simpo",
+            SimPOSettings,
+            ("beta", "gamma"),
+            {"beta": "β", "gamma": "γ"},
+            reference=False,
+            scoring="avg",
+            loss="simpo_loss",
+            paper="Meng et al. 2024",
+            extra_columns=("gamma_beta_ratio",),
+        ),
+        ObjectiveDef(
+            "orpo",
+            ORPOSettings,
+            ("lambda",),
+            {"lambda": "λ"},
+            reference=False,
+            scoring="avg",
+            loss="orpo_loss",
+            paper="Hong et al. 2024",
+        ),
     )
 }
 NAMES: tuple[str, ...] = tuple(REGISTRY)
@@ -133,6 +164,10 @@ def symbols() -> dict[str, str]:
 
 def owners(knob: str) -> list[str]:
     """The objectives that read `knob` (for 'gamma belongs to simpo' messages)."""
-    return [o.name for o in REGISTRY.values() if knob in o.knobs or knob in o.extra_columns
-            or knob in {(f.alias or n) for n, f in o.settings.model_fields.items()}]
-
+    return [
+        o.name
+        for o in REGISTRY.values()
+        if knob in o.knobs
+        or knob in o.extra_columns
+        or knob in {(f.alias or n) for n, f in o.settings.model_fields.items()}
+    ]

@@ -37,8 +37,10 @@ class BuiltinData(Strict):
     seed: int = Field(0, ge=0)
 
 
-_DATA_SOURCE = ("a JSONL file path or URI (s3://, gs://, file://) of prompt/chosen/rejected rows, "
-                "or builtin data such as {builtin: letters, n: 256}")
+_DATA_SOURCE = (
+    "a JSONL file path or URI (s3://, gs://, file://) of prompt/chosen/rejected rows, "
+    "or builtin data such as {builtin: letters, n: 256}"
+)
 
 
 class DataSpec(Strict):
@@ -50,9 +52,15 @@ class DataSpec(Strict):
     @model_validator(mode="after")
     def _prompt_fits(self):
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
-            raise Located([(("max_prompt_length",),
-                             f"{self.max_prompt_length} must be below max_length ({self.max_length}) "
-                             "or every completion would be cut away")])
+            raise Located(
+                [
+                    (
+                        ("max_prompt_length",),
+                        f"{self.max_prompt_length} must be below max_length ({self.max_length}) "
+                        "or every completion would be cut away",
+                    )
+                ]
+            )
         return self
 
     @property
@@ -94,9 +102,15 @@ class TrainRecipe(Strict):
     @model_validator(mode="after")
     def _accum_divides(self):
         if self.batch_size % self.grad_accum:
-            raise Located([(("grad_accum",),
-                             f"{self.grad_accum} must divide batch_size ({self.batch_size}); "
-                             "the micro-batch is batch_size / grad_accum")])
+            raise Located(
+                [
+                    (
+                        ("grad_accum",),
+                        f"{self.grad_accum} must divide batch_size ({self.batch_size}); "
+                        "the micro-batch is batch_size / grad_accum",
+                    )
+                ]
+            )
         return self
 
 
@@ -130,8 +144,9 @@ class Axes(Strict):
 
 
 # `objectives:` has one block per registered objective, each with its own settings model.
-Objectives = create_model("Objectives", __base__=Strict,
-                          **{n: (o.settings, o.settings()) for n, o in objectives.REGISTRY.items()})  # type: ignore[call-overload]
+Objectives = create_model(
+    "Objectives", __base__=Strict, **{n: (o.settings, o.settings()) for n, o in objectives.REGISTRY.items()}
+)  # type: ignore[call-overload]
 
 
 class DecisionSpec(Strict):
@@ -157,8 +172,10 @@ class ResourceSpec(Strict):
     @classmethod
     def _whole_above_one(cls, v: float) -> float:
         if v > 1:
-            raise ValueError(f"gpus_per_cell {v}: a cell trains on one GPU; allowed: 0 (CPU), a fraction such "
-                             "as 0.5 (cells share a GPU) or 1")
+            raise ValueError(
+                f"gpus_per_cell {v}: a cell trains on one GPU; allowed: 0 (CPU), a fraction such "
+                "as 0.5 (cells share a GPU) or 1"
+            )
         return v
 
     @field_validator("custom")

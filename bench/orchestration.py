@@ -38,9 +38,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 TARGETS = {"plan": 2.0, "resume": 1.0, "collect": 5.0}
-DATA = {"train": {"builtin": "letters", "n": 256, "length_skew": 0.5, "signal": 0.8, "seed": 0},
-        "heldout": {"builtin": "letters", "n": 128, "length_skew": -0.3, "signal": 0.8, "seed": 0},
-        "max_length": 128}
+DATA = {
+    "train": {"builtin": "letters", "n": 256, "length_skew": 0.5, "signal": 0.8, "seed": 0},
+    "heldout": {"builtin": "letters", "n": 128, "length_skew": -0.3, "signal": 0.8, "seed": 0},
+    "max_length": 128,
+}
 
 
 def matrix_yaml(name: str, n_cells: int) -> dict:
@@ -53,8 +55,10 @@ def matrix_yaml(name: str, n_cells: int) -> dict:
         "data": DATA,
         "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "logging_steps": 2},
         "matrix": {"objective": ["dpo", "simpo"], "lora_rank": [4, 8, 16, 32, 64], "seed": list(range(n_cells // 100))},
-        "objectives": {"dpo": {"beta": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]},
-                       "simpo": {"beta": [1.0, 2.0, 2.5, 5.0, 10.0], "gamma": [0.3, 0.5]}},
+        "objectives": {
+            "dpo": {"beta": [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]},
+            "simpo": {"beta": [1.0, 2.0, 2.5, 5.0, 10.0], "gamma": [0.3, 0.5]},
+        },
         "decision": {"baseline": {"objective": "dpo", "lora_rank": 16, "beta": 0.1}},
     }
 
@@ -77,8 +81,8 @@ def template_yaml(name: str) -> dict:
 def worker(op: str, matrix: str, results: str, repeats: int) -> dict:
     t = time.perf_counter()
     import ablate  # noqa: F401
-    from ablate.results.collect import collect  # ablate.inputs.data imports torch: most of this
     from ablate.matrix.plan import make_plan
+    from ablate.results.collect import collect  # ablate.inputs.data imports torch: most of this
 
     import_s = time.perf_counter() - t
 
@@ -90,7 +94,10 @@ def worker(op: str, matrix: str, results: str, repeats: int) -> dict:
         elif op == "resume":
             plan = make_plan(matrix, results=results)
             st = plan.status()
-            out = {"cells": len(plan.cells), "states": {s: list(st.values()).count(s) for s in sorted(set(st.values()))}}
+            out = {
+                "cells": len(plan.cells),
+                "states": {s: list(st.values()).count(s) for s in sorted(set(st.values()))},
+            }
         else:
             cells, pairs = collect(Path(results) / Path(matrix).stem)
             out = {"cells": len(cells), "pair_rows": len(pairs), "done": int((cells.status == "done").sum())}
@@ -110,14 +117,36 @@ def worker(op: str, matrix: str, results: str, repeats: int) -> dict:
             n = len(expand(plan.spec, ident, hashes))
             ts.append(time.perf_counter() - t0)
         extra = {"expand_only_seconds": statistics.median(ts), "expand_cells": n}
-    return {"op": op, "import_seconds": import_s, "cold_seconds": cold, "warm_seconds": warm,
-            "warm_median_seconds": statistics.median(warm) if warm else None, **out, **extra}
+    return {
+        "op": op,
+        "import_seconds": import_s,
+        "cold_seconds": cold,
+        "warm_seconds": warm,
+        "warm_median_seconds": statistics.median(warm) if warm else None,
+        **out,
+        **extra,
+    }
 
 
 def spawn(op: str, matrix: Path, results: Path, repeats: int, env: dict) -> dict:
-    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", op, "--matrix", str(matrix),
-                        "--results", str(results), "--repeats", str(repeats)], cwd=str(REPO), env=env,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            op,
+            "--matrix",
+            str(matrix),
+            "--results",
+            str(results),
+            "--repeats",
+            str(repeats),
+        ],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-3000:] + p.stderr[-6000:])
         raise SystemExit(f"{op} worker failed (exit {p.returncode})")
@@ -133,10 +162,17 @@ def train_template(work: Path, env: dict) -> Path:
     import yaml
 
     (work / "template.yaml").write_text(yaml.safe_dump(template_yaml("template"), sort_keys=False))
-    code = ("import ablate.api, sys; c, _ = ablate.api.run(sys.argv[1], results=sys.argv[2]); "
-            "assert (c.status == 'done').all(), c[['status', 'error']]")
-    p = subprocess.run([sys.executable, "-c", code, str(work / "template.yaml"), str(work / "results")],
-                       cwd=str(REPO), env=env, capture_output=True, text=True)
+    code = (
+        "import ablate.api, sys; c, _ = ablate.api.run(sys.argv[1], results=sys.argv[2]); "
+        "assert (c.status == 'done').all(), c[['status', 'error']]"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(work / "template.yaml"), str(work / "results")],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         sys.stderr.write(p.stdout[-3000:] + p.stderr[-6000:])
         raise SystemExit("training the template cell failed")
@@ -158,8 +194,15 @@ def plant(results: Path, plan, template: Path, ids: list[str], status: str) -> N
             cj = {**tj, "id": cid, "params": c.params, "config": c.config}
         else:
             d.mkdir()
-            cj = {"id": cid, "params": c.params, "config": c.config, "status": "failed", "error_type": "ValueError",
-                  "error": "synthetic failure (bench)", "torch_version": tj.get("torch_version")}
+            cj = {
+                "id": cid,
+                "params": c.params,
+                "config": c.config,
+                "status": "failed",
+                "error_type": "ValueError",
+                "error": "synthetic failure (bench)",
+                "torch_version": tj.get("torch_version"),
+            }
             (d / "error.txt").write_text("Traceback (most recent call last):\nValueError: synthetic failure (bench)\n")
         (d / "cell.json").write_text(json.dumps(cj, indent=2, sort_keys=True, default=str) + "\n")
 
@@ -184,15 +227,23 @@ def main(argv=None) -> int:
 
     import yaml
 
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        RAY_USAGE_STATS_ENABLED="0",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     work = Path(tempfile.mkdtemp(prefix="ablate-bench-orch-"))
     print(f"# ablate orchestration · {a.cells} cells · work dir {work}", flush=True)
     try:
         t = time.perf_counter()
         template = train_template(work, env)
-        print(f"template cell trained with ablate.api.run in {time.perf_counter() - t:.0f}s: "
-              + ", ".join(sorted(p.name for p in template.iterdir())), flush=True)
+        print(
+            f"template cell trained with ablate.api.run in {time.perf_counter() - t:.0f}s: "
+            + ", ".join(sorted(p.name for p in template.iterdir())),
+            flush=True,
+        )
 
         name = "orch"
         matrix = work / f"{name}.yaml"
@@ -224,14 +275,22 @@ def main(argv=None) -> int:
         plant(res_root / name, plan, template, ids[n_done:], "done")
         rows["collect"] = spawn("collect", matrix, res_root, a.repeats, env)
         n_pairs = DATA["heldout"]["n"]
-        assert rows["collect"]["done"] == len(ids) and rows["collect"]["pair_rows"] == len(ids) * n_pairs, rows["collect"]
+        assert rows["collect"]["done"] == len(ids) and rows["collect"]["pair_rows"] == len(ids) * n_pairs, rows[
+            "collect"
+        ]
 
         for op, r in rows.items():
             r["target_seconds"] = TARGETS[op]
             r["pass"] = r["cold_seconds"] <= TARGETS[op]
         date = _dt.date.today().isoformat()
-        out = {"bench": "orchestration", "date": date, "cells": a.cells, "repeats": a.repeats,
-               "machine": machine_info(), "results": rows}
+        out = {
+            "bench": "orchestration",
+            "date": date,
+            "cells": a.cells,
+            "repeats": a.repeats,
+            "machine": machine_info(),
+            "results": rows,
+        }
         md = markdown(out)
         print()
         print(md)
@@ -252,35 +311,48 @@ def main(argv=None) -> int:
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     try:
         info["load_average"] = os.getloadavg()
-        info["ablate_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                               text=True).stdout.strip()
+        info["ablate_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         pass
     return info
 
 
 def markdown(out: dict) -> str:
-    what = {"plan": "expand + validate (`make_plan`)", "resume": "plan a resume (`make_plan` + `plan.status()`, 90% done)",
-            "collect": "collect into Parquet (`ablate.collect.collect`)"}
+    what = {
+        "plan": "expand + validate (`make_plan`)",
+        "resume": "plan a resume (`make_plan` + `plan.status()`, 90% done)",
+        "collect": "collect into Parquet (`ablate.collect.collect`)",
+    }
     m = out["machine"]
-    lines = [f"**orchestration** · {out['date']} · {m.get('cpu')} · {m.get('cpu_count')} cores · "
-             f"{out['cells']} cells", "",
-             "| operation | cold (s) | warm median (s) | target (s) | pass | cold + module imports (s) |",
-             "|---|---:|---:|---:|---|---:|"]
+    lines = [
+        f"**orchestration** · {out['date']} · {m.get('cpu')} · {m.get('cpu_count')} cores · {out['cells']} cells",
+        "",
+        "| operation | cold (s) | warm median (s) | target (s) | pass | cold + module imports (s) |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
     for op, r in out["results"].items():
-        lines.append(f"| {what[op]} | {r['cold_seconds']:.2f} | {r['warm_median_seconds']:.2f} | ≤ {r['target_seconds']:g} "
-                     f"| {'PASS' if r['pass'] else 'FAIL'} | {r['cold_seconds'] + r['import_seconds']:.2f} |")
+        lines.append(
+            f"| {what[op]} | {r['cold_seconds']:.2f} | {r['warm_median_seconds']:.2f} | ≤ {r['target_seconds']:g} "
+            f"| {'PASS' if r['pass'] else 'FAIL'} | {r['cold_seconds'] + r['import_seconds']:.2f} |"
+        )
     p = out["results"].get("plan", {})
     if "expand_only_seconds" in p:
-        lines += ["", "Cold = the first call in a fresh process, after importing `ablate.matrix.plan` and `ablate.results.collect` "
-                  f"({p['import_seconds']:.2f} s here, shown in the last column, a fixed cost whatever the matrix size); "
-                  "pass/fail is judged on it. Warm = median of the repeated calls in that process. "
-                  f"`ablate.cells.expand` alone: {p['expand_only_seconds'] * 1e3:.0f} ms for {p['expand_cells']} cells."]
+        lines += [
+            "",
+            "Cold = the first call in a fresh process, after importing `ablate.matrix.plan` and `ablate.results.collect` "
+            f"({p['import_seconds']:.2f} s here, shown in the last column, a fixed cost whatever the matrix size); "
+            "pass/fail is judged on it. Warm = median of the repeated calls in that process. "
+            f"`ablate.cells.expand` alone: {p['expand_only_seconds'] * 1e3:.0f} ms for {p['expand_cells']} cells.",
+        ]
     return "\n".join(lines)
 
 

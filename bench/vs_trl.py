@@ -51,30 +51,74 @@ REPO = HERE.parent
 # Presets
 
 QWEN2_05B = dict(  # Qwen/Qwen2-0.5B config.json
-    arch="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-    intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0,
-    max_position_embeddings=32768, rms_norm_eps=1e-6,
+    arch="qwen2",
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    rope_theta=1_000_000.0,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
 )
 LLAMA32_1B = dict(  # meta-llama/Llama-3.2-1B config.json (rope scaling omitted: irrelevant below 8k tokens)
-    arch="llama", hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-    intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500_000.0,
-    max_position_embeddings=131072, rms_norm_eps=1e-5, head_dim=64,
+    arch="llama",
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+    vocab_size=128256,
+    tie_word_embeddings=True,
+    rope_theta=500_000.0,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    head_dim=64,
 )
 
 PRESETS = {
     "cpu-small": dict(
-        model="builtin:tiny-llama", dtype="float32", data="letters",
-        batch_size=16, steps=32, heldout=128, max_length=128, lr=1e-3, beta_dpo=0.1, beta_simpo=2.0, gamma=0.5,
+        model="builtin:tiny-llama",
+        dtype="float32",
+        data="letters",
+        batch_size=16,
+        steps=32,
+        heldout=128,
+        max_length=128,
+        lr=1e-3,
+        beta_dpo=0.1,
+        beta_simpo=2.0,
+        gamma=0.5,
         matrix_gpus_per_cell=0.0,
     ),
     "qwen2-0.5b": dict(
-        model=QWEN2_05B, dtype="bfloat16", data="long",
-        batch_size=8, steps=20, heldout=64, max_length=1024, lr=5e-5, beta_dpo=0.1, beta_simpo=2.0, gamma=0.5,
+        model=QWEN2_05B,
+        dtype="bfloat16",
+        data="long",
+        batch_size=8,
+        steps=20,
+        heldout=64,
+        max_length=1024,
+        lr=5e-5,
+        beta_dpo=0.1,
+        beta_simpo=2.0,
+        gamma=0.5,
         matrix_gpus_per_cell=0.25,
     ),
     "llama-1b": dict(
-        model=LLAMA32_1B, dtype="bfloat16", data="long",
-        batch_size=8, steps=20, heldout=64, max_length=1024, lr=5e-5, beta_dpo=0.1, beta_simpo=2.0, gamma=0.5,
+        model=LLAMA32_1B,
+        dtype="bfloat16",
+        data="long",
+        batch_size=8,
+        steps=20,
+        heldout=64,
+        max_length=1024,
+        lr=5e-5,
+        beta_dpo=0.1,
+        beta_simpo=2.0,
+        gamma=0.5,
         matrix_gpus_per_cell=0.5,
     ),
 }
@@ -99,8 +143,9 @@ def long_rows(n: int, seed: int, split: str, short: bool) -> list[dict]:
     def text(n_bytes: int, favoured: str, other: str) -> str:
         out = []
         while sum(len(w) + 1 for w in out) < n_bytes:
-            w = "".join(rng.choice(favoured) if rng.random() < 0.8 else rng.choice(other)
-                        for _ in range(rng.randint(2, 8)))
+            w = "".join(
+                rng.choice(favoured) if rng.random() < 0.8 else rng.choice(other) for _ in range(rng.randint(2, 8))
+            )
             out.append(w)
         return " ".join(out)[:n_bytes]
 
@@ -109,8 +154,13 @@ def long_rows(n: int, seed: int, split: str, short: bool) -> list[dict]:
     rows = []
     for i in range(n):
         prompt = f"Q{split}{i}: " + text(length(), string.ascii_lowercase, string.ascii_lowercase)
-        rows.append({"prompt": prompt[: max(lo, len(prompt))] + "\n",
-                     "chosen": text(length(), good, bad), "rejected": text(length(), bad, good)})
+        rows.append(
+            {
+                "prompt": prompt[: max(lo, len(prompt))] + "\n",
+                "chosen": text(length(), good, bad),
+                "rejected": text(length(), bad, good),
+            }
+        )
     return rows
 
 
@@ -125,8 +175,9 @@ def tokenize(rows: list[dict], tok, max_length: int, prompt_budget: int) -> list
         c = tok(r["chosen"], add_special_tokens=False)["input_ids"] + eos
         j = tok(r["rejected"], add_special_tokens=False)["input_ids"] + eos
         if len(p) > prompt_budget or len(p) + max(len(c), len(j)) > max_length:
-            raise SystemExit(f"bench data would be truncated ({len(p)}+{max(len(c), len(j))} > {max_length}); "
-                             "raise max_length")
+            raise SystemExit(
+                f"bench data would be truncated ({len(p)}+{max(len(c), len(j))} > {max_length}); raise max_length"
+            )
         out.append([p, c, j])
     return out
 
@@ -155,8 +206,15 @@ def padding_stats(toks, order, micro: int) -> dict:
 def model_dims(cfg: dict) -> dict:
     d, nh = cfg["hidden_size"], cfg["num_attention_heads"]
     hd = cfg.get("head_dim") or d // nh
-    return dict(d=d, L=cfg["num_hidden_layers"], nh=nh, nkv=cfg["num_key_value_heads"], hd=hd,
-                I=cfg["intermediate_size"], V=cfg["vocab_size"])
+    return dict(
+        d=d,
+        L=cfg["num_hidden_layers"],
+        nh=nh,
+        nkv=cfg["num_key_value_heads"],
+        hd=hd,
+        I=cfg["intermediate_size"],
+        V=cfg["vocab_size"],
+    )
 
 
 def flops(cfg: dict, seq_lens: list[int], rank: int, with_reference: bool) -> float:
@@ -171,7 +229,7 @@ def flops(cfg: dict, seq_lens: list[int], rank: int, with_reference: bool) -> fl
     Padding is not counted: the same useful FLOPs are credited to both systems.
     """
     m = model_dims(cfg)
-    d, L, nh, nkv, hd, I, V = (m[k] for k in ("d", "L", "nh", "nkv", "hd", "I", "V"))
+    d, L, nh, nkv, hd, I, V = (m[k] for k in ("d", "L", "nh", "nkv", "hd", "I", "V"))  # noqa: E741 - I: the MLP width, as in the papers
     q, kv = nh * hd, nkv * hd
     n_base = L * (d * q + 2 * d * kv + q * d + 3 * d * I) + d * V
     lora_in_out = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}
@@ -261,17 +319,34 @@ def worker_trl(job: dict) -> dict:
             self.logs.append({**(logs or {}), "step": state.global_step})
 
     common = dict(
-        output_dir=str(Path(job["workdir"]) / "trl-out"), per_device_train_batch_size=micro,
-        per_device_eval_batch_size=job["eval_batch_size"], gradient_accumulation_steps=job["grad_accum"],
-        max_steps=total_steps, learning_rate=job["lr"], lr_scheduler_type=SCHEDULER,
-        warmup_steps=int(WARMUP_RATIO * total_steps), weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-        logging_steps=LOGGING_STEPS, logging_first_step=True, save_strategy="no", eval_strategy="no",
-        report_to="none", bf16=job["dtype"] == "bfloat16", gradient_checkpointing=False, seed=seed,
-        data_seed=seed, dataloader_num_workers=0, disable_tqdm=True, use_cpu=device == "cpu",
+        output_dir=str(Path(job["workdir"]) / "trl-out"),
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=job["eval_batch_size"],
+        gradient_accumulation_steps=job["grad_accum"],
+        max_steps=total_steps,
+        learning_rate=job["lr"],
+        lr_scheduler_type=SCHEDULER,
+        warmup_steps=int(WARMUP_RATIO * total_steps),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        logging_steps=LOGGING_STEPS,
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        bf16=job["dtype"] == "bfloat16",
+        gradient_checkpointing=False,
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        use_cpu=device == "cpu",
         max_length=job["max_length"],
     )
-    lora = LoraConfig(r=rank, lora_alpha=ALPHA_OVER_RANK * rank, lora_dropout=0.0, target_modules=TARGETS,
-                      task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=rank, lora_alpha=ALPHA_OVER_RANK * rank, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
+    )
     clock = Clock()
     if objective == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -283,8 +358,13 @@ def worker_trl(job: dict) -> dict:
             def _get_train_sampler(self, train_dataset=None):
                 return AblateOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
 
-        ds = lambda toks: Dataset.from_dict({"prompt_ids": [t[0] for t in toks], "chosen_ids": [t[1] for t in toks],  # noqa: E731
-                                             "rejected_ids": [t[2] for t in toks]})
+        ds = lambda toks: Dataset.from_dict(
+            {
+                "prompt_ids": [t[0] for t in toks],
+                "chosen_ids": [t[1] for t in toks],  # noqa: E731
+                "rejected_ids": [t[2] for t in toks],
+            }
+        )
         cfg = DPOConfig(**common, beta=job["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=False)
     else:
         from trl.experimental.cpo import CPOConfig, CPOTrainer
@@ -302,20 +382,35 @@ def worker_trl(job: dict) -> dict:
             def _get_train_sampler(self, train_dataset=None):
                 return AblateOrder(len(train_dataset if train_dataset is not None else self.train_dataset))
 
-        ds = lambda toks: Dataset.from_dict({"prompt": ["x"] * len(toks), "chosen": ["y"] * len(toks),  # noqa: E731
-                                             "rejected": ["z"] * len(toks), "p_tok": [t[0] for t in toks],
-                                             "c_tok": [t[1] for t in toks], "r_tok": [t[2] for t in toks]})
+        ds = lambda toks: Dataset.from_dict(
+            {
+                "prompt": ["x"] * len(toks),
+                "chosen": ["y"] * len(toks),  # noqa: E731
+                "rejected": ["z"] * len(toks),
+                "p_tok": [t[0] for t in toks],
+                "c_tok": [t[1] for t in toks],
+                "r_tok": [t[2] for t in toks],
+            }
+        )
         cfg = CPOConfig(**common, beta=job["beta"], loss_type="simpo", simpo_gamma=job["gamma"], cpo_alpha=0.0)
-    trainer = Trainer(model=model, args=cfg, train_dataset=ds(train_toks),
-                      eval_dataset=ds(held_toks) if job["evaluate"] else None, processing_class=tok,
-                      peft_config=lora, callbacks=[clock])
+    trainer = Trainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds(train_toks),
+        eval_dataset=ds(held_toks) if job["evaluate"] else None,
+        processing_class=tok,
+        peft_config=lora,
+        callbacks=[clock],
+    )
     # What TRL will actually feed the model: check it is ablate's token ids.
     tds = trainer.train_dataset
     if objective == "dpo":
         seen = [[a, b, c] for a, b, c in zip(tds["prompt_ids"], tds["chosen_ids"], tds["rejected_ids"])]
     else:
         p_len = [len(x) for x in tds["prompt_input_ids"]]
-        seen = [[ci[:n], ci[n:], ri[n:]] for n, ci, ri in zip(p_len, tds["chosen_input_ids"], tds["rejected_input_ids"])]
+        seen = [
+            [ci[:n], ci[n:], ri[n:]] for n, ci, ri in zip(p_len, tds["chosen_input_ids"], tds["rejected_input_ids"])
+        ]
     same_ids = seen == train_toks
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()  # model weights stay allocated, so they count, as in ablate
@@ -323,10 +418,18 @@ def worker_trl(job: dict) -> dict:
     trainer.train()
     train_call = time.perf_counter() - t_train
     peak = _peak_mb(device)
-    out = {"system": "trl", "objective": objective, "rank": rank, "train_seconds": clock.end - clock.begin,
-           "train_call_seconds": train_call, "peak_memory_mb": peak, "same_token_ids": same_ids,
-           "steps": trainer.state.global_step, "logs": clock.logs,
-           "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+    out = {
+        "system": "trl",
+        "objective": objective,
+        "rank": rank,
+        "train_seconds": clock.end - clock.begin,
+        "train_call_seconds": train_call,
+        "peak_memory_mb": peak,
+        "same_token_ids": same_ids,
+        "steps": trainer.state.global_step,
+        "logs": clock.logs,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
     if job["evaluate"]:
         out["eval"] = trainer.evaluate()
         trainer.save_model(str(Path(job["workdir"]) / f"trl-adapter-{objective}-r{rank}"))
@@ -414,8 +517,16 @@ def worker_profile(job: dict) -> dict:
     pad = tok.pad_token_id
     with torch.no_grad():
         ref, t_ref = clock(lambda: all_logps(Forward(model), pairs, t["eval_batch_size"], pad, dev, True))
-    model = get_peft_model(model, LoraConfig(r=p["lora_rank"], lora_alpha=t["lora"]["alpha_over_rank"] * p["lora_rank"],
-                                             lora_dropout=0.0, target_modules=t["lora"]["targets"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=p["lora_rank"],
+            lora_alpha=t["lora"]["alpha_over_rank"] * p["lora_rank"],
+            lora_dropout=0.0,
+            target_modules=t["lora"]["targets"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     model.train()
     base = model.get_base_model()
     params = [x for x in model.parameters() if x.requires_grad]
@@ -423,8 +534,18 @@ def worker_profile(job: dict) -> dict:
     bs = t["batch_size"]
     order = epoch_order(len(pairs), int(p["seed"]))
     n_steps = min(job["profile_steps"], len(order) // bs)
-    phases = {k: 0.0 for k in ("collate", "backbone_forward", "head_logsoftmax_forward", "backward", "optimizer",
-                               "head_all_positions_fwd_bwd", "head_completion_only_fwd_bwd")}
+    phases = {
+        k: 0.0
+        for k in (
+            "collate",
+            "backbone_forward",
+            "head_logsoftmax_forward",
+            "backward",
+            "optimizer",
+            "head_all_positions_fwd_bwd",
+            "head_completion_only_fwd_bwd",
+        )
+    }
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     objective, needs_ref = loss_for(p["objective"]), objectives.get(p["objective"]).reference
@@ -432,7 +553,11 @@ def worker_profile(job: dict) -> dict:
     for i in range(n_steps + 1):  # the first pass warms up (on the first batch) and is not counted
         idx = batches[max(0, i - 1)]
         b, t1 = clock(lambda: collate(pairs, idx, pad).to(dev))
-        h, t2 = clock(lambda: base.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state)
+        h, t2 = clock(
+            lambda: (
+                base.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
+            )
+        )
         (total, avg, _n), t3 = clock(lambda: token_logprobs(base.lm_head(h), b.input_ids, b.loss_mask))
         B = len(idx)
         ix = torch.tensor(idx)
@@ -440,7 +565,7 @@ def worker_profile(job: dict) -> dict:
         r = LogProbs(total[B:], avg[B:], ref["r_sum"][ix].to(dev) if needs_ref else None)
         loss = objective(c, r, p)[0]
         _, t4 = clock(lambda: (loss.sum() / B).backward())
-        del h
+        h = None  # free the activations before the next phase
 
         def _step():
             torch.nn.utils.clip_grad_norm_(params, t["max_grad_norm"])
@@ -466,18 +591,25 @@ def worker_profile(job: dict) -> dict:
         _, t6 = clock(head_all)
         hd.grad = None
         _, t7 = clock(head_completion)
-        del hd
+        hd = None
         if i:
             for k, v in zip(phases, (t1, t2, t3, t4, t5, t6, t7)):
                 phases[k] += v / n_steps
     V = base.lm_head.weight.shape[0]
     lens = [len(x.prompt) + len(y) for x in pairs for y in (x.chosen, x.rejected)]
     comp = sum(len(x.chosen) + len(x.rejected) for x in pairs)
-    return {"tokenizer_load_seconds": t_tok, "encode_seconds": t_enc, "model_load_seconds": t_load,
-            "reference_forward_train_seconds": t_ref, "profile_steps": n_steps, "per_step_seconds": phases,
-            "completion_token_fraction": comp / sum(lens), "vocab_size": V,
-            "logits_mb_per_step": 2 * bs * max(lens) * V * base.lm_head.weight.element_size() / 2**20,
-            "peak_memory_mb": _peak_mb(dev.type)}
+    return {
+        "tokenizer_load_seconds": t_tok,
+        "encode_seconds": t_enc,
+        "model_load_seconds": t_load,
+        "reference_forward_train_seconds": t_ref,
+        "profile_steps": n_steps,
+        "per_step_seconds": phases,
+        "completion_token_fraction": comp / sum(lens),
+        "vocab_size": V,
+        "logits_mb_per_step": 2 * bs * max(lens) * V * base.lm_head.weight.element_size() / 2**20,
+        "peak_memory_mb": _peak_mb(dev.type),
+    }
 
 
 def worker_peak(job: dict) -> dict:
@@ -504,8 +636,12 @@ def worker_peak(job: dict) -> dict:
         if dev == "cuda":
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - t) / reps)
-    return {"peak_flops": 2 * n**3 / best, "dtype": str(dt).removeprefix("torch."), "n": n,
-            "device_name": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu"}
+    return {
+        "peak_flops": 2 * n**3 / best,
+        "dtype": str(dt).removeprefix("torch."),
+        "n": n,
+        "device_name": torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or "cpu",
+    }
 
 
 def spawn(kind: str, job: dict, workdir: Path, env: dict) -> tuple[dict, float]:
@@ -514,8 +650,13 @@ def spawn(kind: str, job: dict, workdir: Path, env: dict) -> tuple[dict, float]:
     of = jf.with_suffix(".out.json")
     jf.write_text(json.dumps(job))
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--job", str(jf),
-                        "--result", str(of)], cwd=str(REPO), env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--job", str(jf), "--result", str(of)],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t
     if p.returncode != 0 or not of.is_file():
         sys.stderr.write(p.stdout[-4000:] + p.stderr[-8000:])
@@ -547,8 +688,7 @@ def build_model_dir(spec: dict, dtype: str, path: Path):
     else:
         tok = ByT5Tokenizer()
     cfg_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
-    cfg = cfg_cls(**spec, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-                  dtype=dtype)
+    cfg = cfg_cls(**spec, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None, dtype=dtype)
     torch.manual_seed(1234)
     with torch.device("cpu"):
         model = model_cls(cfg).to(getattr(torch, dtype))
@@ -558,18 +698,27 @@ def build_model_dir(spec: dict, dtype: str, path: Path):
     return cfg.to_dict()
 
 
-def write_matrix(path: Path, name: str, model: str, dtype: str, data: dict, P: dict, objectives, ranks,
-                 steps: int, resources: dict) -> None:
+def write_matrix(
+    path: Path, name: str, model: str, dtype: str, data: dict, P: dict, objectives, ranks, steps: int, resources: dict
+) -> None:
     import yaml
 
     m = {
         "name": name,
         "model": {"path": model, "dtype": dtype},
         "data": data,
-        "train": {"epochs": 1, "batch_size": P["batch_size"], "grad_accum": P["grad_accum"], "lr": P["lr"],
-                  "warmup_ratio": WARMUP_RATIO, "scheduler": SCHEDULER, "logging_steps": LOGGING_STEPS,
-                  "eval_steps": steps, "eval_batch_size": P["eval_batch_size"],
-                  "lora": {"alpha_over_rank": ALPHA_OVER_RANK, "dropout": 0.0, "targets": TARGETS}},
+        "train": {
+            "epochs": 1,
+            "batch_size": P["batch_size"],
+            "grad_accum": P["grad_accum"],
+            "lr": P["lr"],
+            "warmup_ratio": WARMUP_RATIO,
+            "scheduler": SCHEDULER,
+            "logging_steps": LOGGING_STEPS,
+            "eval_steps": steps,
+            "eval_batch_size": P["eval_batch_size"],
+            "lora": {"alpha_over_rank": ALPHA_OVER_RANK, "dropout": 0.0, "targets": TARGETS},
+        },
         "matrix": {"objective": list(objectives), "lora_rank": list(ranks), "seed": [SEED]},
         "objectives": {"dpo": {"beta": P["beta_dpo"]}, "simpo": {"beta": P["beta_simpo"], "gamma": P["gamma"]}},
         "resources": resources,
@@ -584,18 +733,29 @@ def machine_info(device: str) -> dict:
     import transformers
     import trl
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "peft": peft.__version__, "ray": ray.__version__, "device": device}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+        "ray": ray.__version__,
+        "device": device,
+    }
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     try:
-        info["ablate_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                               text=True).stdout.strip()
+        info["ablate_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         pass
     return info
@@ -613,7 +773,9 @@ def fmt(x, spec=".1f"):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu-small")
     ap.add_argument("--steps", type=int, help="optimizer steps (one epoch: train pairs = steps × batch size)")
     ap.add_argument("--batch-size", type=int, help="pairs per step (= micro-batch, grad_accum 1)")
@@ -635,8 +797,13 @@ def main(argv=None) -> int:
 
     if a.worker:
         job = json.loads(Path(a.job).read_text())
-        res = {"trl": worker_trl, "trl-seq": lambda j: [worker_trl(x) for x in j["jobs"]], "ablate": worker_ablate,
-               "peak": worker_peak, "profile": worker_profile}[a.worker](job)
+        res = {
+            "trl": worker_trl,
+            "trl-seq": lambda j: [worker_trl(x) for x in j["jobs"]],
+            "ablate": worker_ablate,
+            "peak": worker_peak,
+            "profile": worker_profile,
+        }[a.worker](job)
         Path(a.result).write_text(json.dumps(res, default=str))
         return 0
 
@@ -646,8 +813,10 @@ def main(argv=None) -> int:
     P = dict(PRESETS[a.preset])
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if a.preset != "cpu-small" and device == "cpu" and not a.short:
-        print("note: a GPU preset on CPU at full length is very slow; use --steps 1 --batch-size 1 --short to smoke-test",
-              file=sys.stderr)
+        print(
+            "note: a GPU preset on CPU at full length is very slow; use --steps 1 --batch-size 1 --short to smoke-test",
+            file=sys.stderr,
+        )
     if a.steps:
         P["steps"] = a.steps
     if a.batch_size:
@@ -662,8 +831,13 @@ def main(argv=None) -> int:
     steps, bs = P["steps"], P["batch_size"]
     n_train = steps * bs
 
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        RAY_USAGE_STATS_ENABLED="0",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     work = Path(tempfile.mkdtemp(prefix=f"ablate-bench-{a.preset}-"))
@@ -683,11 +857,23 @@ def main(argv=None) -> int:
 
         # Data: the rows ablate reads, and ablate's tokenization of them
         if P["data"] == "letters":
-            data = {"train": {"builtin": "letters", "n": n_train, "length_skew": 0.5, "signal": 0.8, "seed": 0},
-                    "heldout": {"builtin": "letters", "n": P["heldout"], "length_skew": -0.3, "signal": 0.8, "seed": 0},
-                    "max_length": P["max_length"]}
-            write_matrix(work / "probe.yaml", "probe", model_path, P["dtype"], data, P, ["simpo"], [16], steps,
-                         {"cpus_per_cell": 1})
+            data = {
+                "train": {"builtin": "letters", "n": n_train, "length_skew": 0.5, "signal": 0.8, "seed": 0},
+                "heldout": {"builtin": "letters", "n": P["heldout"], "length_skew": -0.3, "signal": 0.8, "seed": 0},
+                "max_length": P["max_length"],
+            }
+            write_matrix(
+                work / "probe.yaml",
+                "probe",
+                model_path,
+                P["dtype"],
+                data,
+                P,
+                ["simpo"],
+                [16],
+                steps,
+                {"cpus_per_cell": 1},
+            )
             from ablate.matrix.plan import make_plan
 
             plan = make_plan(work / "probe.yaml", results=work / "probe-results")
@@ -700,12 +886,17 @@ def main(argv=None) -> int:
             held_rows = long_rows(P["heldout"], 0, "heldout", a.short)
             for split, rows in (("train", train_rows), ("heldout", held_rows)):
                 (work / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-            data = {"train": str(work / "train.jsonl"), "heldout": str(work / "heldout.jsonl"),
-                    "max_length": P["max_length"]}
+            data = {
+                "train": str(work / "train.jsonl"),
+                "heldout": str(work / "heldout.jsonl"),
+                "max_length": P["max_length"],
+            }
             tok = AutoTokenizer.from_pretrained(model_path)
         budget = P["max_length"] // 2
-        toks = {"train": tokenize(train_rows, tok, P["max_length"], budget),
-                "heldout": tokenize(held_rows, tok, P["max_length"], budget)}
+        toks = {
+            "train": tokenize(train_rows, tok, P["max_length"], budget),
+            "heldout": tokenize(held_rows, tok, P["max_length"], budget),
+        }
         (work / "tokens.json").write_text(json.dumps(toks))
         order = epoch_order(n_train, SEED)
         pad = padding_stats(toks["train"], order, bs)
@@ -715,16 +906,33 @@ def main(argv=None) -> int:
         prompt_repeat_share = sum(len(p) for p, c, r in toks["train"]) / n_tokens
         lens = {k: sorted(len(t[i]) for t in toks["train"]) for i, k in enumerate(("prompt", "chosen", "rejected"))}
         med = {k: v[len(v) // 2] for k, v in lens.items()}
-        print(f"data: {n_train} train pairs ({steps} steps × {bs}), {P['heldout']} held-out; median tokens "
-              f"prompt {med['prompt']}, chosen {med['chosen']}, rejected {med['rejected']}; "
-              f"{n_tokens} train tokens, padding {pad['padding_fraction']:.1%} of the batches", flush=True)
+        print(
+            f"data: {n_train} train pairs ({steps} steps × {bs}), {P['heldout']} held-out; median tokens "
+            f"prompt {med['prompt']}, chosen {med['chosen']}, rejected {med['rejected']}; "
+            f"{n_tokens} train tokens, padding {pad['padding_fraction']:.1%} of the batches",
+            flush=True,
+        )
 
         peak, _ = spawn("peak", {"device": device, "threads": threads, "dtype": P["dtype"]}, work, env)
-        print(f"peak: {peak['peak_flops'] / 1e12:.2f} TFLOP/s {peak['dtype']} matmul ({peak['device_name']})", flush=True)
+        print(
+            f"peak: {peak['peak_flops'] / 1e12:.2f} TFLOP/s {peak['dtype']} matmul ({peak['device_name']})", flush=True
+        )
 
-        base_job = dict(model=model_path, dtype=P["dtype"], device=device, threads=threads, tokens=str(work / "tokens.json"),
-                        workdir=str(work), seed=SEED, micro_batch=bs // P["grad_accum"], grad_accum=P["grad_accum"],
-                        steps=steps, lr=P["lr"], eval_batch_size=P["eval_batch_size"], max_length=P["max_length"])
+        base_job = dict(
+            model=model_path,
+            dtype=P["dtype"],
+            device=device,
+            threads=threads,
+            tokens=str(work / "tokens.json"),
+            workdir=str(work),
+            seed=SEED,
+            micro_batch=bs // P["grad_accum"],
+            grad_accum=P["grad_accum"],
+            steps=steps,
+            lr=P["lr"],
+            eval_batch_size=P["eval_batch_size"],
+            max_length=P["max_length"],
+        )
         knobs = {"dpo": dict(beta=P["beta_dpo"]), "simpo": dict(beta=P["beta_simpo"], gamma=P["gamma"])}
         res_cell = {"cpus_per_cell": threads, "gpus_per_cell": 1 if device == "cuda" else 0}
 
@@ -732,12 +940,25 @@ def main(argv=None) -> int:
         # like-for-like DPO comparison needs while ablate's train_seconds leaves it out).
         write_matrix(work / "profile.yaml", "profile", model_path, P["dtype"], data, P, ["dpo"], [16], steps, res_cell)
         try:
-            profile, _ = spawn("profile", {"matrix": str(work / "profile.yaml"), "results": str(work / "results"),
-                                           "device": device, "threads": threads, "profile_steps": min(steps, 5)}, work, env)
+            profile, _ = spawn(
+                "profile",
+                {
+                    "matrix": str(work / "profile.yaml"),
+                    "results": str(work / "results"),
+                    "device": device,
+                    "threads": threads,
+                    "profile_steps": min(steps, 5),
+                },
+                work,
+                env,
+            )
             ps = profile["per_step_seconds"]
-            print(f"profile (ablate DPO cell): model load {profile['model_load_seconds']:.2f}s, reference pass over "
-                  f"the train pairs {profile['reference_forward_train_seconds']:.2f}s; per step: "
-                  + ", ".join(f"{k} {v * 1e3:.0f}ms" for k, v in ps.items()), flush=True)
+            print(
+                f"profile (ablate DPO cell): model load {profile['model_load_seconds']:.2f}s, reference pass over "
+                f"the train pairs {profile['reference_forward_train_seconds']:.2f}s; per step: "
+                + ", ".join(f"{k} {v * 1e3:.0f}ms" for k, v in ps.items()),
+                flush=True,
+            )
         except SystemExit as e:
             profile = {"error": str(e)}
             print(f"profile failed (ablate internals moved?): {e}", flush=True)
@@ -749,15 +970,29 @@ def main(argv=None) -> int:
                 for rep in range(a.repeats):
                     # ablate: a one-cell matrix in a fresh process (local Ray, one cell at a time)
                     name = f"cell-{objective}-{rep}"
-                    write_matrix(work / f"{name}.yaml", name, model_path, P["dtype"], data, P, [objective], [16], steps,
-                                 res_cell)
-                    ab, ab_wall = spawn("ablate", {"matrix": str(work / f"{name}.yaml"), "results": str(work / "results"),
-                                                    "name": name, "num_cpus": threads}, work, env)
+                    write_matrix(
+                        work / f"{name}.yaml", name, model_path, P["dtype"], data, P, [objective], [16], steps, res_cell
+                    )
+                    ab, ab_wall = spawn(
+                        "ablate",
+                        {
+                            "matrix": str(work / f"{name}.yaml"),
+                            "results": str(work / "results"),
+                            "name": name,
+                            "num_cpus": threads,
+                        },
+                        work,
+                        env,
+                    )
                     cell = ab["cells"][0]
                     if cell["status"] != "done":
                         raise SystemExit(f"ablate cell failed: {cell.get('error_type')}: {cell.get('error')}")
-                    tr, tr_wall = spawn("trl", {**base_job, **knobs[objective], "objective": objective, "rank": 16,
-                                                "evaluate": False}, work, env)
+                    tr, tr_wall = spawn(
+                        "trl",
+                        {**base_job, **knobs[objective], "objective": objective, "rank": 16, "evaluate": False},
+                        work,
+                        env,
+                    )
                     ab_tok = cell["tokens_per_second"] * cell["train_seconds"]
                     # DPO like-for-like: TRL's train() runs the reference forward inside training. ablate's cell
                     # reports reference_seconds > 0 when its train_seconds covers its own reference pass; when the
@@ -769,24 +1004,39 @@ def main(argv=None) -> int:
                         if added is None:
                             raise SystemExit("cannot time ablate's DPO reference pass (profile failed)")
                     cand = {
-                        "ablate": {"train_seconds": cell["train_seconds"] + added, "cell_train_seconds": cell["train_seconds"],
-                                   "reference_added_seconds": added, "cell_reference_seconds": cell.get("reference_seconds"),
-                                   "reference_task_seconds": ab.get("reference_task_seconds"),
-                                   "peak_memory_mb": cell["peak_memory_mb"],
-                                   "steps": cell["steps"], "own_tokens_per_second": cell["tokens_per_second"],
-                                   "own_token_count": round(ab_tok), "step1": step1(cell["logs"]), "process_seconds": ab_wall},
-                        "trl": {"train_seconds": tr["train_seconds"], "train_call_seconds": tr["train_call_seconds"],
-                                "peak_memory_mb": tr["peak_memory_mb"], "steps": tr["steps"],
-                                "same_token_ids": tr["same_token_ids"], "step1": step1(tr["logs"]),
-                                "process_seconds": tr_wall},
+                        "ablate": {
+                            "train_seconds": cell["train_seconds"] + added,
+                            "cell_train_seconds": cell["train_seconds"],
+                            "reference_added_seconds": added,
+                            "cell_reference_seconds": cell.get("reference_seconds"),
+                            "reference_task_seconds": ab.get("reference_task_seconds"),
+                            "peak_memory_mb": cell["peak_memory_mb"],
+                            "steps": cell["steps"],
+                            "own_tokens_per_second": cell["tokens_per_second"],
+                            "own_token_count": round(ab_tok),
+                            "step1": step1(cell["logs"]),
+                            "process_seconds": ab_wall,
+                        },
+                        "trl": {
+                            "train_seconds": tr["train_seconds"],
+                            "train_call_seconds": tr["train_call_seconds"],
+                            "peak_memory_mb": tr["peak_memory_mb"],
+                            "steps": tr["steps"],
+                            "same_token_ids": tr["same_token_ids"],
+                            "step1": step1(tr["logs"]),
+                            "process_seconds": tr_wall,
+                        },
                     }
                     for sysname in ("ablate", "trl"):
                         c = cand[sysname]
                         if sysname not in best or c["train_seconds"] < best[sysname]["train_seconds"]:
                             best[sysname] = c
-                    print(f"  {objective} run {rep + 1}/{a.repeats}: ablate {cell['train_seconds'] + added:.2f}s"
-                          + (f" ({cell['train_seconds']:.2f}s loop + {added:.2f}s reference)" if added else "")
-                          + f", TRL {tr['train_seconds']:.2f}s", flush=True)
+                    print(
+                        f"  {objective} run {rep + 1}/{a.repeats}: ablate {cell['train_seconds'] + added:.2f}s"
+                        + (f" ({cell['train_seconds']:.2f}s loop + {added:.2f}s reference)" if added else "")
+                        + f", TRL {tr['train_seconds']:.2f}s",
+                        flush=True,
+                    )
                 fl = flops(model_cfg, seq_lens, 16, with_reference=objective == "dpo")
                 for sysname in ("ablate", "trl"):
                     b = best[sysname]
@@ -799,50 +1049,100 @@ def main(argv=None) -> int:
                 ra["first_step_loss_abs_diff"] = None if l1 is None or l2 is None else abs(l1 - l2)
                 ra["token_count_matches"] = abs(ra["own_token_count"] - n_tokens) <= 1
                 ra["steps_match"] = ra["steps"] == rt["steps"] == steps
-                rows += [{"system": "ablate", "objective": objective, **ra}, {"system": "trl", "objective": objective, **rt}]
+                rows += [
+                    {"system": "ablate", "objective": objective, **ra},
+                    {"system": "trl", "objective": objective, **rt},
+                ]
 
         matrix = None
         if not a.skip_matrix:
             gpc = a.matrix_gpus_per_cell if a.matrix_gpus_per_cell is not None else P["matrix_gpus_per_cell"]
-            res_m = {"cpus_per_cell": 1 if device == "cpu" else max(1, threads // 4),
-                     "gpus_per_cell": gpc if device == "cuda" else 0}
-            write_matrix(work / "matrix.yaml", "matrix", model_path, P["dtype"], data, P, ["dpo", "simpo"], [16, 8],
-                         steps, res_m)
+            res_m = {
+                "cpus_per_cell": 1 if device == "cpu" else max(1, threads // 4),
+                "gpus_per_cell": gpc if device == "cuda" else 0,
+            }
+            write_matrix(
+                work / "matrix.yaml", "matrix", model_path, P["dtype"], data, P, ["dpo", "simpo"], [16, 8], steps, res_m
+            )
             print("matrix: ablate (one api.run) ...", flush=True)
-            ab, ab_wall = spawn("ablate", {"matrix": str(work / "matrix.yaml"), "results": str(work / "results"),
-                                            "name": "matrix"}, work, env)
+            ab, ab_wall = spawn(
+                "ablate",
+                {"matrix": str(work / "matrix.yaml"), "results": str(work / "results"), "name": "matrix"},
+                work,
+                env,
+            )
             bad = [c for c in ab["cells"] if c["status"] != "done"]
             if bad:
                 raise SystemExit(f"ablate matrix: {len(bad)} cell(s) failed: {bad[0].get('error')}")
             # TRL runs use the per-cell thread count (1 on CPU): on a small shared CPU, 2 OpenMP threads per run
             # made TRL's training 10-20x slower in trials, which would flatter ablate.
-            trl_jobs = [{**base_job, **knobs[o], "objective": o, "rank": r, "evaluate": True}
-                        for o in ("dpo", "simpo") for r in (16, 8)]
+            trl_jobs = [
+                {**base_job, **knobs[o], "objective": o, "rank": r, "evaluate": True}
+                for o in ("dpo", "simpo")
+                for r in (16, 8)
+            ]
             trl_runs, trl_wall = [], 0.0
             for job in trl_jobs:
                 print(f"matrix: TRL {job['objective']} r{job['rank']} (own process) ...", flush=True)
                 tr, w = spawn("trl", job, work, env)
-                trl_runs.append({"objective": job["objective"], "rank": job["rank"], "process_seconds": w,
-                                 "train_seconds": tr["train_seconds"]})
+                trl_runs.append(
+                    {
+                        "objective": job["objective"],
+                        "rank": job["rank"],
+                        "process_seconds": w,
+                        "train_seconds": tr["train_seconds"],
+                    }
+                )
                 trl_wall += w
             print("matrix: TRL, the four runs in one process ...", flush=True)
             _, trl_one = spawn("trl-seq", {"jobs": trl_jobs}, work, env)
-            matrix = {"ablate_seconds": ab_wall, "ablate_api_run_seconds": ab["run_seconds"], "trl_seconds": trl_wall,
-                      "ratio": ab_wall / trl_wall, "trl_one_process_seconds": trl_one, "ratio_vs_one_process": ab_wall / trl_one,
-                      "ablate_resources": res_m, "trl_runs": trl_runs,
-                      "ablate_cells": [{k: c.get(k) for k in ("label", "train_seconds", "tokens_per_second",
-                                                              "peak_memory_mb", "heldout_accuracy")} for c in ab["cells"]]}
+            matrix = {
+                "ablate_seconds": ab_wall,
+                "ablate_api_run_seconds": ab["run_seconds"],
+                "trl_seconds": trl_wall,
+                "ratio": ab_wall / trl_wall,
+                "trl_one_process_seconds": trl_one,
+                "ratio_vs_one_process": ab_wall / trl_one,
+                "ablate_resources": res_m,
+                "trl_runs": trl_runs,
+                "ablate_cells": [
+                    {
+                        k: c.get(k)
+                        for k in ("label", "train_seconds", "tokens_per_second", "peak_memory_mb", "heldout_accuracy")
+                    }
+                    for c in ab["cells"]
+                ],
+            }
 
         # Report
         date = _dt.date.today().isoformat()
-        out = {"preset": a.preset, "date": date, "machine": machine_info(device), "peak": peak,
-               "settings": {**{k: v for k, v in P.items() if k != "model"}, "model": model_path if isinstance(P["model"], str)
-                            else {k: v for k, v in P["model"].items()}, "threads": threads, "train_pairs": n_train,
-                            "short": a.short, "repeats": a.repeats, "lora": {"alpha_over_rank": ALPHA_OVER_RANK,
-                            "dropout": 0.0, "targets": TARGETS}, "warmup_ratio": WARMUP_RATIO, "scheduler": SCHEDULER,
-                            "logging_steps": LOGGING_STEPS},
-               "data": {"train_tokens": n_tokens, "median_lengths": med, "repeated_prompt_share": prompt_repeat_share, **pad},
-               "cells": rows, "matrix": matrix, "profile": profile}
+        out = {
+            "preset": a.preset,
+            "date": date,
+            "machine": machine_info(device),
+            "peak": peak,
+            "settings": {
+                **{k: v for k, v in P.items() if k != "model"},
+                "model": model_path if isinstance(P["model"], str) else {k: v for k, v in P["model"].items()},
+                "threads": threads,
+                "train_pairs": n_train,
+                "short": a.short,
+                "repeats": a.repeats,
+                "lora": {"alpha_over_rank": ALPHA_OVER_RANK, "dropout": 0.0, "targets": TARGETS},
+                "warmup_ratio": WARMUP_RATIO,
+                "scheduler": SCHEDULER,
+                "logging_steps": LOGGING_STEPS,
+            },
+            "data": {
+                "train_tokens": n_tokens,
+                "median_lengths": med,
+                "repeated_prompt_share": prompt_repeat_share,
+                **pad,
+            },
+            "cells": rows,
+            "matrix": matrix,
+            "profile": profile,
+        }
         tol = 1e-5 if P["dtype"] == "float32" else 1e-2  # bf16: TRL autocasts, ablate runs plain bf16
         targets = {}
         for r in rows:
@@ -874,60 +1174,83 @@ def main(argv=None) -> int:
 
 def markdown(out: dict) -> str:
     m = out["machine"]
-    lines = [f"**{out['preset']}** · {out['date']} · {m.get('gpu') or m.get('cpu')} · {out['settings']['threads']} "
-             f"threads · {out['settings']['dtype']} · {out['settings']['train_pairs']} pairs × 1 epoch "
-             f"({out['settings']['steps']} steps of {out['settings']['batch_size']}) · padding "
-             f"{out['data']['padding_fraction']:.1%} of batch tokens · repeated prompt {out['data']['repeated_prompt_share']:.0%} "
-             f"of real tokens · peak {out['peak']['peak_flops'] / 1e12:.2f} TFLOP/s "
-             f"({out['peak']['dtype']} matmul)", ""]
+    lines = [
+        f"**{out['preset']}** · {out['date']} · {m.get('gpu') or m.get('cpu')} · {out['settings']['threads']} "
+        f"threads · {out['settings']['dtype']} · {out['settings']['train_pairs']} pairs × 1 epoch "
+        f"({out['settings']['steps']} steps of {out['settings']['batch_size']}) · padding "
+        f"{out['data']['padding_fraction']:.1%} of batch tokens · repeated prompt {out['data']['repeated_prompt_share']:.0%} "
+        f"of real tokens · peak {out['peak']['peak_flops'] / 1e12:.2f} TFLOP/s "
+        f"({out['peak']['dtype']} matmul)",
+        "",
+    ]
     if out["cells"]:
-        lines += ["| system | objective | tokens/s | peak memory (MB) | first-step loss | step-1 logps chosen / rejected "
-                  "| MFU | tokens/s vs TRL | memory vs TRL |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| system | objective | tokens/s | peak memory (MB) | first-step loss | step-1 logps chosen / rejected "
+            "| MFU | tokens/s vs TRL | memory vs TRL |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in out["cells"]:
             s1 = r["step1"]
             lp = f"{fmt(s1.get('logps_chosen'), '.4f')} / {fmt(s1.get('logps_rejected'), '.4f')}"
             ratio = f"{r['ratio_tokens_per_second']:.2f}×" if "ratio_tokens_per_second" in r else "1.00×"
             mem = f"{r['ratio_peak_memory']:.2f}×" if "ratio_peak_memory" in r else "1.00×"
-            lines.append(f"| {r['system']} | {r['objective']} | {r['tokens_per_second']:,.0f} | {r['peak_memory_mb']:,.0f} "
-                         f"| {fmt(s1.get('loss'), '.6f')} | {lp} | {r['mfu']:.2%} | {ratio} | {mem} |")
+            lines.append(
+                f"| {r['system']} | {r['objective']} | {r['tokens_per_second']:,.0f} | {r['peak_memory_mb']:,.0f} "
+                f"| {fmt(s1.get('loss'), '.6f')} | {lp} | {r['mfu']:.2%} | {ratio} | {mem} |"
+            )
         checks = []
         for r in out["cells"]:
             if r["system"] == "ablate":
-                checks.append(f"{r['objective']}: |Δ first-step loss| = {fmt(r['first_step_loss_abs_diff'], '.2e')}, "
-                              f"token count matches ablate's own: {r['token_count_matches']}, steps match: {r['steps_match']}")
+                checks.append(
+                    f"{r['objective']}: |Δ first-step loss| = {fmt(r['first_step_loss_abs_diff'], '.2e')}, "
+                    f"token count matches ablate's own: {r['token_count_matches']}, steps match: {r['steps_match']}"
+                )
             else:
                 checks.append(f"{r['objective']}: TRL trained on ablate's token ids: {r['same_token_ids']}")
         lines += ["", "Checks: " + "; ".join(checks) + "."]
         for r in out["cells"]:
             if r["system"] == "ablate" and r.get("reference_added_seconds"):
-                lines += ["", f"ablate {r['objective']}: {r['cell_train_seconds']:.2f} s training loop (cell `train_seconds`) "
-                          f"+ {r['reference_added_seconds']:.2f} s reference forward over the train pairs (profiled; "
-                          "ablate ran it in its shared reference task, outside `train_seconds`) = "
-                          f"{r['train_seconds']:.2f} s, against TRL's train() which runs the reference inside."]
+                lines += [
+                    "",
+                    f"ablate {r['objective']}: {r['cell_train_seconds']:.2f} s training loop (cell `train_seconds`) "
+                    f"+ {r['reference_added_seconds']:.2f} s reference forward over the train pairs (profiled; "
+                    "ablate ran it in its shared reference task, outside `train_seconds`) = "
+                    f"{r['train_seconds']:.2f} s, against TRL's train() which runs the reference inside.",
+                ]
     pr = out.get("profile") or {}
     if "per_step_seconds" in pr:
         ps = pr["per_step_seconds"]
         step = sum(ps[k] for k in ("collate", "backbone_forward", "head_logsoftmax_forward", "backward", "optimizer"))
-        lines += ["", f"ablate DPO cell profile: model load {pr['model_load_seconds']:.2f} s, reference pass "
-                  f"{pr['reference_forward_train_seconds']:.2f} s; per step {step * 1e3:.1f} ms = "
-                  + ", ".join(f"{k.replace('_', ' ')} {ps[k] / step:.0%}" for k in
-                              ("collate", "backbone_forward", "head_logsoftmax_forward", "backward", "optimizer"))
-                  + f"; LM head fwd+bwd on all positions {ps['head_all_positions_fwd_bwd'] * 1e3:.1f} ms vs completion "
-                  f"positions only {ps['head_completion_only_fwd_bwd'] * 1e3:.1f} ms (completions are "
-                  f"{pr['completion_token_fraction']:.0%} of the tokens)."]
+        lines += [
+            "",
+            f"ablate DPO cell profile: model load {pr['model_load_seconds']:.2f} s, reference pass "
+            f"{pr['reference_forward_train_seconds']:.2f} s; per step {step * 1e3:.1f} ms = "
+            + ", ".join(
+                f"{k.replace('_', ' ')} {ps[k] / step:.0%}"
+                for k in ("collate", "backbone_forward", "head_logsoftmax_forward", "backward", "optimizer")
+            )
+            + f"; LM head fwd+bwd on all positions {ps['head_all_positions_fwd_bwd'] * 1e3:.1f} ms vs completion "
+            f"positions only {ps['head_completion_only_fwd_bwd'] * 1e3:.1f} ms (completions are "
+            f"{pr['completion_token_fraction']:.0%} of the tokens).",
+        ]
     tg = out.get("targets") or {}
     if tg:
         lines += ["", "Targets: " + "; ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in tg.items()) + "."]
     mx = out.get("matrix")
     if mx:
-        lines += ["", "| 2×2 matrix (DPO/SimPO × r16/r8) | wall time (s) | ratio |", "|---|---:|---:|",
-                  f"| ablate (`ablate.api.run`, Ray; gpus_per_cell {mx['ablate_resources']['gpus_per_cell']}, "
-                  f"cpus_per_cell {mx['ablate_resources']['cpus_per_cell']}) | {mx['ablate_seconds']:.1f} | {mx['ratio']:.2f}× |",
-                  f"| TRL, 4 runs one after another (a process each) | {mx['trl_seconds']:.1f} | 1.00× |"]
+        lines += [
+            "",
+            "| 2×2 matrix (DPO/SimPO × r16/r8) | wall time (s) | ratio |",
+            "|---|---:|---:|",
+            f"| ablate (`ablate.api.run`, Ray; gpus_per_cell {mx['ablate_resources']['gpus_per_cell']}, "
+            f"cpus_per_cell {mx['ablate_resources']['cpus_per_cell']}) | {mx['ablate_seconds']:.1f} | {mx['ratio']:.2f}× |",
+            f"| TRL, 4 runs one after another (a process each) | {mx['trl_seconds']:.1f} | 1.00× |",
+        ]
         if mx.get("trl_one_process_seconds"):
-            lines += [f"| TRL, 4 runs one after another in one process (imports paid once) | {mx['trl_one_process_seconds']:.1f} "
-                      f"| ablate {mx['ratio_vs_one_process']:.2f}× of this |"]
+            lines += [
+                f"| TRL, 4 runs one after another in one process (imports paid once) | {mx['trl_one_process_seconds']:.1f} "
+                f"| ablate {mx['ratio_vs_one_process']:.2f}× of this |"
+            ]
     return "\n".join(lines)
 
 

@@ -16,8 +16,11 @@ def small_matrix(**overrides) -> dict:
     m = {
         "name": "t",
         "model": {"path": "builtin:tiny-llama"},
-        "data": {"train": {"builtin": "letters", "n": 64, "length_skew": 0.5},
-                 "heldout": {"builtin": "letters", "n": 32, "length_skew": -0.3}, "max_length": 96},
+        "data": {
+            "train": {"builtin": "letters", "n": 64, "length_skew": 0.5},
+            "heldout": {"builtin": "letters", "n": 32, "length_skew": -0.3},
+            "max_length": 96,
+        },
         "train": {"epochs": 1, "batch_size": 16, "lr": 1.0e-3, "logging_steps": 1, "eval_steps": 2},
         "matrix": {"objective": ["dpo", "simpo"], "lora_rank": [4], "seed": [0]},
         "objectives": {"dpo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 0.5}},
@@ -34,6 +37,7 @@ def write_matrix(tmp_path):
         p = tmp_path / name
         p.write_text(m if isinstance(m, str) else yaml.safe_dump(m, sort_keys=False))
         return p
+
     return _write
 
 
@@ -43,6 +47,7 @@ def write_jsonl(tmp_path):
         p = tmp_path / name
         p.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
         return p
+
     return _write
 
 
@@ -56,8 +61,14 @@ def ablate_cli(*args, cwd=ROOT, env: dict | None = None, timeout: int = 600, **e
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "ablate", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env or cli_env(**extra_env), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ablate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or cli_env(**extra_env),
+        timeout=timeout,
+    )
 
 
 def ablate_start(*args, cwd=ROOT, env: dict | None = None, **extra_env):
@@ -65,8 +76,14 @@ def ablate_start(*args, cwd=ROOT, env: dict | None = None, **extra_env):
     import subprocess
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "ablate", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or cli_env(**extra_env))
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env or cli_env(**extra_env),
+    )
 
 
 def train_directly(plan, cell, results=None, **runtime) -> dict:
@@ -75,5 +92,11 @@ def train_directly(plan, cell, results=None, **runtime) -> dict:
     from ablate.worker.cell import run_cell
 
     rt = runtime_for(plan.spec).with_(**runtime)
-    return run_cell(cell.config, plan.spec.model, plan.train_rows, plan.heldout_rows,
-                    str(results if results is not None else plan.results), rt)
+    return run_cell(
+        cell.config,
+        plan.spec.model,
+        plan.train_rows,
+        plan.heldout_rows,
+        str(results if results is not None else plan.results),
+        rt,
+    )

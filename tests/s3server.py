@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -45,8 +45,9 @@ def s3_filesystem(endpoint: str, region: str = "us-east-1"):
     """A pyarrow S3FileSystem on the test server (plain http; bucket creation and deletion allowed)."""
     import pyarrow.fs as pafs
 
-    return pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", region=region,
-                             allow_bucket_creation=True, allow_bucket_deletion=True)
+    return pafs.S3FileSystem(
+        endpoint_override=endpoint, scheme="http", region=region, allow_bucket_creation=True, allow_bucket_deletion=True
+    )
 
 
 def s3_uri(endpoint: str, key: str) -> str:

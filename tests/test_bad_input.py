@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import ray
 import yaml
+from conftest import small_matrix
 from typer.testing import CliRunner
 
 import ablate.cluster.runner
-from ablate.inputs.models import builtin_model
 from ablate.cli import app
-from conftest import small_matrix
+from ablate.inputs.models import builtin_model
 
 GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 OTHER = {"prompt": "Q: bye\n", "chosen": "def", "rejected": "uvw"}
@@ -104,127 +104,278 @@ ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, ob
 
 CASES = [
     # -- the matrix file itself ----------------------------------------------------------------
-    Case("malformed_yaml",
-         lambda w: _matrix_text(w, lambda t: t.replace("lora_rank:\n  - 4", "lora_rank: [4, 8]]")),
-         ("m.yaml:{line}", "not valid YAML", "a YAML mapping"), line=("lora_rank:",)),
-    Case("yaml_python_tag",
-         lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !!python/object/apply:os.system ['touch pwned']")),
-         ("m.yaml:{line}", "!!python/object", "plain YAML"), line=("name:",)),
-    Case("duplicate_yaml_key",  # PyYAML would silently keep the second `train:`
-         lambda w: _matrix_text(w, lambda t: t + "train:\n  epochs: 3\n"),
-         ("m.yaml:{line}", "train: duplicate key (first at line", "each key may appear once"), line=("^train:", "^train:")),
-    Case("matrix_not_a_mapping", lambda w: setattr(w, "text", "- dpo\n- simpo\n"),
-         ("m.yaml", "YAML mapping", "name, model, data, matrix")),
+    Case(
+        "malformed_yaml",
+        lambda w: _matrix_text(w, lambda t: t.replace("lora_rank:\n  - 4", "lora_rank: [4, 8]]")),
+        ("m.yaml:{line}", "not valid YAML", "a YAML mapping"),
+        line=("lora_rank:",),
+    ),
+    Case(
+        "yaml_python_tag",
+        lambda w: _matrix_text(
+            w, lambda t: t.replace("name: t", "name: !!python/object/apply:os.system ['touch pwned']")
+        ),
+        ("m.yaml:{line}", "!!python/object", "plain YAML"),
+        line=("name:",),
+    ),
+    Case(
+        "duplicate_yaml_key",  # PyYAML would silently keep the second `train:`
+        lambda w: _matrix_text(w, lambda t: t + "train:\n  epochs: 3\n"),
+        ("m.yaml:{line}", "train: duplicate key (first at line", "each key may appear once"),
+        line=("^train:", "^train:"),
+    ),
+    Case(
+        "matrix_not_a_mapping",
+        lambda w: setattr(w, "text", "- dpo\n- simpo\n"),
+        ("m.yaml", "YAML mapping", "name, model, data, matrix"),
+    ),
     Case("matrix_not_utf8", _latin1_matrix, ("m.yaml:2", "not UTF-8", "save it as UTF-8")),
-    Case("matrix_file_missing", lambda w: setattr(w, "matrix_arg", w.tmp / "nope.yaml"),
-         ("nope.yaml", "no such matrix file", "matrix YAML file")),
-    Case("unknown_top_level_key", lambda w: w.m.update(bogus=1),
-         ("m.yaml:{line}", "bogus: unknown field", ALLOWED_FIELDS), line=("bogus:",)),
-    Case("required_field_missing", lambda w: w.m.pop("model"),
-         ("m.yaml:1", "model: required field is missing", "path (required)")),
-    Case("model_path_missing", lambda w: w.m.update(model={"dtype": "float32"}),
-         ("m.yaml:{line}", "model.path: required field is missing", "builtin:tiny-llama"), line=("model:",)),
+    Case(
+        "matrix_file_missing",
+        lambda w: setattr(w, "matrix_arg", w.tmp / "nope.yaml"),
+        ("nope.yaml", "no such matrix file", "matrix YAML file"),
+    ),
+    Case(
+        "unknown_top_level_key",
+        lambda w: w.m.update(bogus=1),
+        ("m.yaml:{line}", "bogus: unknown field", ALLOWED_FIELDS),
+        line=("bogus:",),
+    ),
+    Case(
+        "required_field_missing",
+        lambda w: w.m.pop("model"),
+        ("m.yaml:1", "model: required field is missing", "path (required)"),
+    ),
+    Case(
+        "model_path_missing",
+        lambda w: w.m.update(model={"dtype": "float32"}),
+        ("m.yaml:{line}", "model.path: required field is missing", "builtin:tiny-llama"),
+        line=("model:",),
+    ),
     # -- axes and objectives -------------------------------------------------------------------
-    Case("unknown_objective", lambda w: w.m["matrix"].update(objective=["dpo", "kto"]),
-         ("m.yaml:{line}", "matrix.objective.1", "'dpo', 'simpo' or 'orpo'", "'kto'"), line=("objective:", "- kto")),
-    Case("gamma_on_dpo", lambda w: w.m["objectives"].update(dpo={"beta": 0.1, "gamma": 0.5}),
-         ("m.yaml:{line}", "objectives.dpo.gamma", "allowed here: beta", "gamma belongs to simpo"),
-         line=("dpo:", "gamma:")),
-    Case("lambda_on_simpo", lambda w: w.m["objectives"].update(simpo={"beta": 2.0, "lambda": 0.5}),
-         ("m.yaml:{line}", "objectives.simpo.lambda", "allowed here: beta, gamma, gamma_beta_ratio",
-          "lambda belongs to orpo"), line=("simpo:", "lambda:")),
-    Case("zero_rank", lambda w: w.m["matrix"].update(lora_rank=[0]),
-         ("m.yaml:{line}", "matrix.lora_rank.0", "greater than or equal to 1"), line=("lora_rank:", "- 0")),
-    Case("negative_rank", lambda w: w.m["matrix"].update(lora_rank=[4, -8]),
-         ("m.yaml:{line}", "matrix.lora_rank.1", "greater than or equal to 1", "-8"), line=("lora_rank:", "- -8")),
-    Case("beta_zero", lambda w: w.m["objectives"].update(dpo={"beta": 0}),
-         ("m.yaml:{line}", "objectives.dpo.beta.0", "greater than 0"), line=("dpo:", "beta:")),
-    Case("beta_negative", lambda w: w.m["objectives"].update(simpo={"beta": [2.0, -1.0], "gamma": 0.5}),
-         ("m.yaml:{line}", "objectives.simpo.beta.1", "greater than 0"), line=("simpo:", "- -1.0")),
-    Case("empty_axis", lambda w: w.m["matrix"].update(seed=[]),
-         ("m.yaml:{line}", "matrix.seed", "at least one value"), line=("seed:",)),
-    Case("duplicate_axis_values", lambda w: w.m["matrix"].update(lora_rank=[8, 4, 8]),
-         ("m.yaml:{line}", "matrix.lora_rank", "duplicate values ['8']", "each value must appear once"),
-         line=("lora_rank:",)),
-    Case("unknown_axis", lambda w: w.m["matrix"].update(temperature=[0.7]),
-         ("m.yaml:{line}", "matrix.temperature", "allowed here: epochs, lora_rank, lr, objective, seed"),
-         line=("temperature:",)),
-    Case("batch_size_zero", lambda w: w.m["train"].update(batch_size=0),
-         ("m.yaml:{line}", "train.batch_size", "greater than or equal to 1"), line=("batch_size:",)),
-    Case("epochs_1e9_integer", lambda w: w.m["train"].update(epochs=10**9),
-         ("m.yaml:{line}", "train.epochs", "less than or equal to 1000"), line=("epochs:",)),
-    Case("epochs_1e9_as_written",  # YAML 1.1 reads 1e9 (no dot) as text
-         lambda w: _matrix_text(w, lambda t: t.replace("epochs: 1", "epochs: 1e9")),
-         ("m.yaml:{line}", "train.epochs", "'1e9'", "an integer in [1, 1000]", "write 1.0e+9"), line=("epochs:",)),
-    Case("max_prompt_length_not_below_max_length",
-         lambda w: w.m["data"].update(max_length=64, max_prompt_length=64),
-         ("m.yaml:{line}", "data.max_prompt_length", "must be below max_length (64)"), line=("max_prompt_length:",)),
+    Case(
+        "unknown_objective",
+        lambda w: w.m["matrix"].update(objective=["dpo", "kto"]),
+        ("m.yaml:{line}", "matrix.objective.1", "'dpo', 'simpo' or 'orpo'", "'kto'"),
+        line=("objective:", "- kto"),
+    ),
+    Case(
+        "gamma_on_dpo",
+        lambda w: w.m["objectives"].update(dpo={"beta": 0.1, "gamma": 0.5}),
+        ("m.yaml:{line}", "objectives.dpo.gamma", "allowed here: beta", "gamma belongs to simpo"),
+        line=("dpo:", "gamma:"),
+    ),
+    Case(
+        "lambda_on_simpo",
+        lambda w: w.m["objectives"].update(simpo={"beta": 2.0, "lambda": 0.5}),
+        (
+            "m.yaml:{line}",
+            "objectives.simpo.lambda",
+            "allowed here: beta, gamma, gamma_beta_ratio",
+            "lambda belongs to orpo",
+        ),
+        line=("simpo:", "lambda:"),
+    ),
+    Case(
+        "zero_rank",
+        lambda w: w.m["matrix"].update(lora_rank=[0]),
+        ("m.yaml:{line}", "matrix.lora_rank.0", "greater than or equal to 1"),
+        line=("lora_rank:", "- 0"),
+    ),
+    Case(
+        "negative_rank",
+        lambda w: w.m["matrix"].update(lora_rank=[4, -8]),
+        ("m.yaml:{line}", "matrix.lora_rank.1", "greater than or equal to 1", "-8"),
+        line=("lora_rank:", "- -8"),
+    ),
+    Case(
+        "beta_zero",
+        lambda w: w.m["objectives"].update(dpo={"beta": 0}),
+        ("m.yaml:{line}", "objectives.dpo.beta.0", "greater than 0"),
+        line=("dpo:", "beta:"),
+    ),
+    Case(
+        "beta_negative",
+        lambda w: w.m["objectives"].update(simpo={"beta": [2.0, -1.0], "gamma": 0.5}),
+        ("m.yaml:{line}", "objectives.simpo.beta.1", "greater than 0"),
+        line=("simpo:", "- -1.0"),
+    ),
+    Case(
+        "empty_axis",
+        lambda w: w.m["matrix"].update(seed=[]),
+        ("m.yaml:{line}", "matrix.seed", "at least one value"),
+        line=("seed:",),
+    ),
+    Case(
+        "duplicate_axis_values",
+        lambda w: w.m["matrix"].update(lora_rank=[8, 4, 8]),
+        ("m.yaml:{line}", "matrix.lora_rank", "duplicate values ['8']", "each value must appear once"),
+        line=("lora_rank:",),
+    ),
+    Case(
+        "unknown_axis",
+        lambda w: w.m["matrix"].update(temperature=[0.7]),
+        ("m.yaml:{line}", "matrix.temperature", "allowed here: epochs, lora_rank, lr, objective, seed"),
+        line=("temperature:",),
+    ),
+    Case(
+        "batch_size_zero",
+        lambda w: w.m["train"].update(batch_size=0),
+        ("m.yaml:{line}", "train.batch_size", "greater than or equal to 1"),
+        line=("batch_size:",),
+    ),
+    Case(
+        "epochs_1e9_integer",
+        lambda w: w.m["train"].update(epochs=10**9),
+        ("m.yaml:{line}", "train.epochs", "less than or equal to 1000"),
+        line=("epochs:",),
+    ),
+    Case(
+        "epochs_1e9_as_written",  # YAML 1.1 reads 1e9 (no dot) as text
+        lambda w: _matrix_text(w, lambda t: t.replace("epochs: 1", "epochs: 1e9")),
+        ("m.yaml:{line}", "train.epochs", "'1e9'", "an integer in [1, 1000]", "write 1.0e+9"),
+        line=("epochs:",),
+    ),
+    Case(
+        "max_prompt_length_not_below_max_length",
+        lambda w: w.m["data"].update(max_length=64, max_prompt_length=64),
+        ("m.yaml:{line}", "data.max_prompt_length", "must be below max_length (64)"),
+        line=("max_prompt_length:",),
+    ),
     # -- the baseline --------------------------------------------------------------------------
-    Case("baseline_not_in_matrix", lambda w: w.m["decision"].update(baseline={"objective": "orpo"}),
-         ("m.yaml:{line}", "decision.baseline.objective", "'orpo' is not in matrix.objective", "['dpo', 'simpo']"),
-         line=("decision:", "objective:")),
-    Case("baseline_beta_not_in_matrix",
-         lambda w: w.m["decision"].update(baseline={"objective": "dpo", "lora_rank": 4, "beta": 0.3}),
-         ("m.yaml:{line}", "decision.baseline.beta", "0.3", "allowed: [0.1]"), line=("decision:", "beta:")),
-    Case("baseline_cell_missing",  # every value exists, but the baseline's cells are excluded
-         lambda w: w.m.update(exclude=[{"objective": "dpo", "lora_rank": 4}]),
-         ("m.yaml:{line}", "decision.baseline", "exclude[0] removes", "choose a baseline among"),
-         line=("decision:", "baseline:")),
-    Case("baseline_ambiguous",
-         lambda w: (w.m["objectives"].update(dpo={"beta": [0.1, 0.5]}),
-                    w.m["decision"].update(baseline={"objective": "dpo"})),
-         ("m.yaml:{line}", "decision.baseline", "matches 2 configurations", "add keys"), line=("decision:", "baseline:")),
-    Case("exclude_removes_everything", lambda w: w.m.update(exclude=[{"lora_rank": 4}]),
-         ("m.yaml:{line}", "exclude", "removes every cell", "keep at least one"), line=("exclude:",)),
+    Case(
+        "baseline_not_in_matrix",
+        lambda w: w.m["decision"].update(baseline={"objective": "orpo"}),
+        ("m.yaml:{line}", "decision.baseline.objective", "'orpo' is not in matrix.objective", "['dpo', 'simpo']"),
+        line=("decision:", "objective:"),
+    ),
+    Case(
+        "baseline_beta_not_in_matrix",
+        lambda w: w.m["decision"].update(baseline={"objective": "dpo", "lora_rank": 4, "beta": 0.3}),
+        ("m.yaml:{line}", "decision.baseline.beta", "0.3", "allowed: [0.1]"),
+        line=("decision:", "beta:"),
+    ),
+    Case(
+        "baseline_cell_missing",  # every value exists, but the baseline's cells are excluded
+        lambda w: w.m.update(exclude=[{"objective": "dpo", "lora_rank": 4}]),
+        ("m.yaml:{line}", "decision.baseline", "exclude[0] removes", "choose a baseline among"),
+        line=("decision:", "baseline:"),
+    ),
+    Case(
+        "baseline_ambiguous",
+        lambda w: (
+            w.m["objectives"].update(dpo={"beta": [0.1, 0.5]}),
+            w.m["decision"].update(baseline={"objective": "dpo"}),
+        ),
+        ("m.yaml:{line}", "decision.baseline", "matches 2 configurations", "add keys"),
+        line=("decision:", "baseline:"),
+    ),
+    Case(
+        "exclude_removes_everything",
+        lambda w: w.m.update(exclude=[{"lora_rank": 4}]),
+        ("m.yaml:{line}", "exclude", "removes every cell", "keep at least one"),
+        line=("exclude:",),
+    ),
     # -- the model -----------------------------------------------------------------------------
-    Case("model_dir_missing", lambda w: w.m.update(model={"path": str(w.tmp / "no-such-model")}),
-         ("m.yaml", "model.path", "no-such-model: no such directory", "hub id like org/name")),
-    Case("model_relative_dir_missing", lambda w: w.m.update(model={"path": "models/tiny/v1"}),  # not a hub id
-         ("m.yaml", "model.path", "models/tiny/v1: no such directory", "hub id like org/name")),
-    Case("unknown_builtin_model", lambda w: w.m.update(model={"path": "builtin:gpt9"}),
-         ("m.yaml", "model.path", "'builtin:gpt9'", "builtin:tiny-llama, builtin:tiny-qwen2")),
-    Case("trust_remote_code_without_opt_in", _remote_code_model,
-         ("m.yaml", "model.path", "auto_map in config.json", "model.trust_remote_code: true")),
+    Case(
+        "model_dir_missing",
+        lambda w: w.m.update(model={"path": str(w.tmp / "no-such-model")}),
+        ("m.yaml", "model.path", "no-such-model: no such directory", "hub id like org/name"),
+    ),
+    Case(
+        "model_relative_dir_missing",
+        lambda w: w.m.update(model={"path": "models/tiny/v1"}),  # not a hub id
+        ("m.yaml", "model.path", "models/tiny/v1: no such directory", "hub id like org/name"),
+    ),
+    Case(
+        "unknown_builtin_model",
+        lambda w: w.m.update(model={"path": "builtin:gpt9"}),
+        ("m.yaml", "model.path", "'builtin:gpt9'", "builtin:tiny-llama, builtin:tiny-qwen2"),
+    ),
+    Case(
+        "trust_remote_code_without_opt_in",
+        _remote_code_model,
+        ("m.yaml", "model.path", "auto_map in config.json", "model.trust_remote_code: true"),
+    ),
     # -- the data ------------------------------------------------------------------------------
-    Case("data_file_missing", lambda w: w.m["data"].update(train="nope.jsonl"),
-         ("nope.jsonl", "data.train", "no such file", "JSONL file of prompt/chosen/rejected")),
-    Case("data_path_is_a_directory", lambda w: (w.file("d/x", ""), w.m["data"].update(heldout="d")),
-         ("data.heldout", "is a directory", "JSONL file of prompt/chosen/rejected")),
-    Case("jsonl_line_not_json", lambda w: w.data([GOOD, "{not json", OTHER], [{**GOOD, "prompt": "Q: held\n"}]),
-         ("tr.jsonl:2", "not valid JSON", "one JSON object per line")),
-    Case("row_missing_field",
-         lambda w: w.data([GOOD, OTHER, {"prompt": "p", "chosen": "a"}], [{**GOOD, "prompt": "Q: held\n"}]),
-         ("tr.jsonl:3", "missing field(s) ['rejected']", "each row needs prompt, chosen, rejected")),
-    Case("empty_completion",
-         lambda w: w.data([GOOD, {**OTHER, "rejected": "  "}], [{**GOOD, "prompt": "Q: held\n"}]),
-         ("tr.jsonl:2", "rejected: empty completion", "non-empty")),
-    Case("chosen_equals_rejected",
-         lambda w: w.data([GOOD], [{**GOOD, "prompt": "Q: held\n"}, {"prompt": "p", "chosen": "same", "rejected": "same"}]),
-         ("he.jsonl:2", "chosen == rejected", "a pair must differ")),
-    Case("leakage_between_train_and_heldout",
-         lambda w: w.data([GOOD, OTHER, {**GOOD, "prompt": "Q: 3\n"}], [{**GOOD, "prompt": "Q: held\n"}, OTHER]),
-         ("he.jsonl:2", "tr.jsonl:2", "also in the training set", "held-out pairs must be unseen")),
-    Case("heldout_empty", lambda w: w.data([GOOD, OTHER], ["", "  "]),
-         ("he.jsonl", "data.heldout", "no pairs", "at least one prompt/chosen/rejected line")),
-    Case("data_not_utf8",
-         lambda w: (w.data([GOOD], [{**GOOD, "prompt": "Q: held\n"}]),
-                    w.file("tr.jsonl", json.dumps(OTHER).encode()
-                           + b'\n{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')),
-         ("tr.jsonl:2", "not UTF-8", "save it as UTF-8")),
-    Case("max_length_shorter_than_every_prompt", lambda w: w.m["data"].update(max_length=12),
-         ("m.yaml", "data.max_length=12", "shorter than every prompt", "allowed: max_length >"), problems=2),
+    Case(
+        "data_file_missing",
+        lambda w: w.m["data"].update(train="nope.jsonl"),
+        ("nope.jsonl", "data.train", "no such file", "JSONL file of prompt/chosen/rejected"),
+    ),
+    Case(
+        "data_path_is_a_directory",
+        lambda w: (w.file("d/x", ""), w.m["data"].update(heldout="d")),
+        ("data.heldout", "is a directory", "JSONL file of prompt/chosen/rejected"),
+    ),
+    Case(
+        "jsonl_line_not_json",
+        lambda w: w.data([GOOD, "{not json", OTHER], [{**GOOD, "prompt": "Q: held\n"}]),
+        ("tr.jsonl:2", "not valid JSON", "one JSON object per line"),
+    ),
+    Case(
+        "row_missing_field",
+        lambda w: w.data([GOOD, OTHER, {"prompt": "p", "chosen": "a"}], [{**GOOD, "prompt": "Q: held\n"}]),
+        ("tr.jsonl:3", "missing field(s) ['rejected']", "each row needs prompt, chosen, rejected"),
+    ),
+    Case(
+        "empty_completion",
+        lambda w: w.data([GOOD, {**OTHER, "rejected": "  "}], [{**GOOD, "prompt": "Q: held\n"}]),
+        ("tr.jsonl:2", "rejected: empty completion", "non-empty"),
+    ),
+    Case(
+        "chosen_equals_rejected",
+        lambda w: w.data(
+            [GOOD], [{**GOOD, "prompt": "Q: held\n"}, {"prompt": "p", "chosen": "same", "rejected": "same"}]
+        ),
+        ("he.jsonl:2", "chosen == rejected", "a pair must differ"),
+    ),
+    Case(
+        "leakage_between_train_and_heldout",
+        lambda w: w.data([GOOD, OTHER, {**GOOD, "prompt": "Q: 3\n"}], [{**GOOD, "prompt": "Q: held\n"}, OTHER]),
+        ("he.jsonl:2", "tr.jsonl:2", "also in the training set", "held-out pairs must be unseen"),
+    ),
+    Case(
+        "heldout_empty",
+        lambda w: w.data([GOOD, OTHER], ["", "  "]),
+        ("he.jsonl", "data.heldout", "no pairs", "at least one prompt/chosen/rejected line"),
+    ),
+    Case(
+        "data_not_utf8",
+        lambda w: (
+            w.data([GOOD], [{**GOOD, "prompt": "Q: held\n"}]),
+            w.file(
+                "tr.jsonl", json.dumps(OTHER).encode() + b'\n{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
+            ),
+        ),
+        ("tr.jsonl:2", "not UTF-8", "save it as UTF-8"),
+    ),
+    Case(
+        "max_length_shorter_than_every_prompt",
+        lambda w: w.m["data"].update(max_length=12),
+        ("m.yaml", "data.max_length=12", "shorter than every prompt", "allowed: max_length >"),
+        problems=2,
+    ),
     # -- the results location ------------------------------------------------------------------
     # These two messages come from storage.check_results_dir (not owned here); see the note in the module docstring.
-    Case("results_path_is_a_file", lambda w: setattr(w, "results", w.file("results-file", "not a dir")),
-         ("m.yaml", "storage", "results-file is a file, not a directory", "choose another results path")),
+    Case(
+        "results_path_is_a_file",
+        lambda w: setattr(w, "results", w.file("results-file", "not a dir")),
+        ("m.yaml", "storage", "results-file is a file, not a directory", "choose another results path"),
+    ),
     Case("unwritable_results_dir", _unwritable_results, ("m.yaml", "storage", "is not writable")),
     # -- the same checks behind the other commands ---------------------------------------------
-    Case("validate_unknown_objective",
-         lambda w: (w.m["matrix"].update(objective=["dop"]), setattr(w, "cmd", "validate")),
-         ("m.yaml:{line}", "matrix.objective.0", "'dpo', 'simpo' or 'orpo'"), line=("objective:", "- dop")),
-    Case("resume_leakage",
-         lambda w: (w.data([GOOD, OTHER], [OTHER]), setattr(w, "cmd", "resume")),
-         ("he.jsonl:1", "tr.jsonl:2", "held-out pairs must be unseen")),
+    Case(
+        "validate_unknown_objective",
+        lambda w: (w.m["matrix"].update(objective=["dop"]), setattr(w, "cmd", "validate")),
+        ("m.yaml:{line}", "matrix.objective.0", "'dpo', 'simpo' or 'orpo'"),
+        line=("objective:", "- dop"),
+    ),
+    Case(
+        "resume_leakage",
+        lambda w: (w.data([GOOD, OTHER], [OTHER]), setattr(w, "cmd", "resume")),
+        ("he.jsonl:1", "tr.jsonl:2", "held-out pairs must be unseen"),
+    ),
 ]
 
 

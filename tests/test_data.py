@@ -4,33 +4,47 @@ import json
 import socket
 
 import pytest
-from typer.testing import CliRunner
-
-from ablate.inputs.data import load_rows
-from ablate.inputs.letters import letters_task
-from ablate.inputs.models import builtin_model, builtin_tokenizer
-from ablate.inputs.tokenize import encode
-from ablate.worker.textbook import collate
-from ablate.inputs.models import load_model, load_tokenizer
-from ablate.matrix.plan import make_plan
-from ablate.cli import app
-from ablate.errors import UserError
-from ablate.matrix.yamlfile import load_matrix
-from ablate.schema import ModelSpec
 from conftest import small_matrix
 from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.errors import UserError
+from ablate.inputs.data import load_rows
+from ablate.inputs.letters import letters_task
+from ablate.inputs.models import builtin_model, builtin_tokenizer, load_model, load_tokenizer
+from ablate.inputs.tokenize import encode
+from ablate.matrix.plan import make_plan
+from ablate.matrix.yamlfile import load_matrix
+from ablate.schema import ModelSpec
+from ablate.worker.textbook import collate
 
 GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 
 
 def test_jsonl_problems_are_all_reported_with_lines(write_jsonl):
-    path = write_jsonl([GOOD, "{not json", {"prompt": "p", "chosen": "a"}, {"prompt": "p", "chosen": "a", "rejected": "a"},
-                        {"prompt": "p", "chosen": " ", "rejected": "b"}, {"prompt": "p", "chosen": 3, "rejected": "b"}], "d.jsonl")
+    path = write_jsonl(
+        [
+            GOOD,
+            "{not json",
+            {"prompt": "p", "chosen": "a"},
+            {"prompt": "p", "chosen": "a", "rejected": "a"},
+            {"prompt": "p", "chosen": " ", "rejected": "b"},
+            {"prompt": "p", "chosen": 3, "rejected": "b"},
+        ],
+        "d.jsonl",
+    )
     with pytest.raises(UserError) as e:
         load_rows(str(path), "train")
     probs = e.value.problems
     assert [p.split(":")[1] for p in probs] == ["2", "3", "4", "5", "6"], probs
-    for text in ("not valid JSON", "missing field(s) ['rejected']", "chosen == rejected", "empty completion", "must be a string"):
+    for text in (
+        "not valid JSON",
+        "missing field(s) ['rejected']",
+        "chosen == rejected",
+        "empty completion",
+        "must be a string",
+    ):
         assert any(text in p for p in probs), (text, probs)
 
 
@@ -48,9 +62,15 @@ def test_empty_missing_and_non_utf8_files(tmp_path, write_jsonl):
 def test_leakage_between_train_and_heldout_is_an_error(write_matrix, write_jsonl, tmp_path):
     rows = [{"prompt": f"p{i}", "chosen": "abc", "rejected": "xyz"} for i in range(5)]
     m = small_matrix()
-    m["data"] = {"train": str(write_jsonl(rows, "tr.jsonl")), "heldout": str(write_jsonl(rows[3:] + [GOOD], "he.jsonl"))}
-    with pytest.raises(UserError, match=r"2 held-out pair\(s\) also in the training set \(first: held-out "
-                                          r"\S*he.jsonl:1 is training \S*tr.jsonl:4\)"):
+    m["data"] = {
+        "train": str(write_jsonl(rows, "tr.jsonl")),
+        "heldout": str(write_jsonl(rows[3:] + [GOOD], "he.jsonl")),
+    }
+    with pytest.raises(
+        UserError,
+        match=r"2 held-out pair\(s\) also in the training set \(first: held-out "
+        r"\S*he.jsonl:1 is training \S*tr.jsonl:4\)",
+    ):
         make_plan(write_matrix(m), results=tmp_path / "r")
 
 
@@ -78,19 +98,24 @@ def test_collate_masks_prompt_and_padding():
         p, c = pairs[i].prompt, getattr(pairs[i], side)
         assert b.loss_mask[row].sum() == len(c)
         assert b.loss_mask[row, : len(p)].sum() == 0 and b.attention_mask[row].sum() == len(p) + len(c)
-        assert b.input_ids[row, len(p) + len(c):].eq(tok.pad_token_id).all()
+        assert b.input_ids[row, len(p) + len(c) :].eq(tok.pad_token_id).all()
 
 
 def test_conversational_rows_use_the_chat_template(tmp_path, write_jsonl):
     tok = builtin_tokenizer()
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     model_dir = tmp_path / "model"
     builtin_model("tiny-llama").save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     loaded = load_tokenizer(ModelSpec(path=str(model_dir)))
-    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "abc"}],
-           "rejected": [{"role": "assistant", "content": "xyz"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "abc"}],
+        "rejected": [{"role": "assistant", "content": "xyz"}],
+    }
     (pair,) = encode([row], loaded, 128, 64, "t")
     assert loaded.decode(pair.prompt) == "<user>hi</s><assistant>"
     assert loaded.decode(pair.chosen, skip_special_tokens=False).startswith("abc")
@@ -172,10 +197,13 @@ def s3():
         mp.delenv("AWS_ENDPOINT_URL", raising=False)
         fs = s3_filesystem(endpoint)
         fs.create_dir("prefs")
-        for key, data in {"train.jsonl": _jsonl(ROWS[:4]), "heldout.jsonl": _jsonl(ROWS[4:]),
-                          "leak.jsonl": _jsonl([ROWS[5], ROWS[1]]),
-                          "bad.jsonl": _jsonl([GOOD, "{not json", {**GOOD, "chosen": ""}]),
-                          "latin1.jsonl": _jsonl([GOOD]) + b'{"prompt": "caf\xe9"}\n'}.items():
+        for key, data in {
+            "train.jsonl": _jsonl(ROWS[:4]),
+            "heldout.jsonl": _jsonl(ROWS[4:]),
+            "leak.jsonl": _jsonl([ROWS[5], ROWS[1]]),
+            "bad.jsonl": _jsonl([GOOD, "{not json", {**GOOD, "chosen": ""}]),
+            "latin1.jsonl": _jsonl([GOOD]) + b'{"prompt": "caf\xe9"}\n',
+        }.items():
             with fs.open_output_stream(f"prefs/{key}") as f:
                 f.write(data)
         yield endpoint, fs
@@ -200,8 +228,9 @@ def test_s3_objects_get_the_same_file_line_messages(s3):
     for key in ("prefs/nope.jsonl", "no-such-bucket/train.jsonl"):
         with pytest.raises(UserError) as e:
             load_rows(s3_uri(endpoint, key), "heldout")
-        assert e.value.problems == [f"data.heldout: s3://{key}: no such object "
-                                    "(expected a JSONL file of prompt/chosen/rejected rows)"]
+        assert e.value.problems == [
+            f"data.heldout: s3://{key}: no such object (expected a JSONL file of prompt/chosen/rejected rows)"
+        ]
     with pytest.raises(UserError, match="not a URI ablate can read"):
         load_rows(f"s3://prefs/train.jsonl?bogus=1&endpoint_override={endpoint}", "train")
     with pytest.raises(UserError) as e:  # keys in the URI are used, never shown
@@ -212,8 +241,11 @@ def test_s3_objects_get_the_same_file_line_messages(s3):
 def test_matrix_with_s3_data_validates_through_the_cli(s3, write_matrix, tmp_path):
     endpoint, _ = s3
     m = small_matrix()
-    m["data"] = {"train": s3_uri(endpoint, "prefs/train.jsonl"), "heldout": s3_uri(endpoint, "prefs/heldout.jsonl"),
-                 "max_length": 96}
+    m["data"] = {
+        "train": s3_uri(endpoint, "prefs/train.jsonl"),
+        "heldout": s3_uri(endpoint, "prefs/heldout.jsonl"),
+        "max_length": 96,
+    }
     res = CliRunner().invoke(app, ["validate", str(write_matrix(m)), "--results", str(tmp_path / "r")])
     assert res.exit_code == 0 and "4 training pairs, 2 held-out pairs" in res.output, res.output
     m["data"]["heldout"] = s3_uri(endpoint, "prefs/leak.jsonl")

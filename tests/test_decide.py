@@ -67,7 +67,7 @@ def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None =
     lrs = {key[1] if isinstance(key, tuple) else 1e-4 for key in outcomes}
     extra = ("lr",) if len(lrs) > 1 else ()  # as the planner does: lr is named when the matrix varies it
     for key, out in outcomes.items():
-        name, this_lr = (key if isinstance(key, tuple) else (key, 1e-4))
+        name, this_lr = key if isinstance(key, tuple) else (key, 1e-4)
         out = np.asarray(out, dtype=bool)
         if out.ndim == 1:
             out = out[:, None]
@@ -75,11 +75,18 @@ def make_tables(outcomes: dict, baseline: str = "dpo r16", status: dict | None =
             seed = j
             params = {**CONFIGS[name], "seed": seed, "lr": this_lr, "epochs": 1}
             cid = f"{name.replace(' ', '_')}_lr{this_lr:g}_s{seed}"
-            cell_rows.append({
-                "cell_id": cid, "label": cell_label(params, extra), "config": config_label(params, extra),
-                "config_id": config_label(params, extra), "status": (status or {}).get(name, "done"),
-                "is_baseline": name == baseline, **params, "trainable_params": CONFIGS[name]["lora_rank"] * 10_000,
-            })
+            cell_rows.append(
+                {
+                    "cell_id": cid,
+                    "label": cell_label(params, extra),
+                    "config": config_label(params, extra),
+                    "config_id": config_label(params, extra),
+                    "status": (status or {}).get(name, "done"),
+                    "is_baseline": name == baseline,
+                    **params,
+                    "trainable_params": CONFIGS[name]["lora_rank"] * 10_000,
+                }
+            )
             pair_frames.append(pd.DataFrame({"cell_id": cid, "pair": np.arange(len(out)), "correct": out[:, j]}))
     cells = pd.DataFrame(cell_rows)
     cells["is_baseline"] = cells["is_baseline"].astype(bool)
@@ -104,6 +111,7 @@ def base_outcomes(n: int, acc: float = 0.7, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # 1. sign_test_p
 # --------------------------------------------------------------------------------------------------
+
 
 def exact_mcnemar_by_hand(b: int, c: int) -> float:
     """Two-sided exact McNemar: 2 · P(Bin(b+c, 1/2) ≤ min(b, c)), capped at 1."""
@@ -138,6 +146,7 @@ def test_sign_test_p_matches_scipy_binomtest_and_hand(b, c):
 # --------------------------------------------------------------------------------------------------
 # 2. holm
 # --------------------------------------------------------------------------------------------------
+
 
 def test_holm_hand_computed_with_monotonicity():
     # sorted: 0.005·5 = 0.025; 0.01·4 = 0.04; 0.03·3 = 0.09; 0.04·2 = 0.08 → raised to 0.09; 0.5·1 = 0.5
@@ -216,7 +225,7 @@ def normal_mcnemar_power(n: int, p_win: float, p_loss: float, alpha: float = ALP
     return float(norm.cdf((np.sqrt(n) * delta - norm.ppf(1 - alpha / 2) * np.sqrt(p_d)) / np.sqrt(p_d - delta**2)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _p(w: int, lo: int) -> float:
     return sign_test_p(w, lo)
 
@@ -239,8 +248,10 @@ def test_simulated_false_switch_rate_under_null(n):
     fs_exact, fs_seed = exact_switch.mean(), seed_switch.mean()
     ref_exact, ref_seed = exact_rates(n, *discordant_probs(0.70, 0.70))
     RATES[("null", n)] = (fs_exact, fs_seed)
-    print(f"\n[null, n={n}, {N_SIM} sims] false-switch: paired_exact {fs_exact:.4f} (exact {ref_exact:.4f}), "
-          f"seed_rule {fs_seed:.4f} (exact {ref_seed:.4f})")
+    print(
+        f"\n[null, n={n}, {N_SIM} sims] false-switch: paired_exact {fs_exact:.4f} (exact {ref_exact:.4f}), "
+        f"seed_rule {fs_seed:.4f} (exact {ref_seed:.4f})"
+    )
 
     # (a) exact test: at most α (it is one-sided in effect, so ≈ α/2), plus 3 SE of simulation noise
     assert fs_exact <= ALPHA + _tol(ALPHA, N_SIM)
@@ -262,8 +273,10 @@ def test_simulated_power_against_plus_five_points(n):
     ref_exact, ref_seed = exact_rates(n, p_win, p_loss)
     approx = normal_mcnemar_power(n, p_win, p_loss)
     RATES[("power", n)] = (pw_exact, pw_seed)
-    print(f"\n[+5 points, n={n}, {N_SIM} sims] power: paired_exact {pw_exact:.4f} (exact {ref_exact:.4f}, "
-          f"normal approx {approx:.4f}), seed_rule {pw_seed:.4f} (exact {ref_seed:.4f})")
+    print(
+        f"\n[+5 points, n={n}, {N_SIM} sims] power: paired_exact {pw_exact:.4f} (exact {ref_exact:.4f}, "
+        f"normal approx {approx:.4f}), seed_rule {pw_seed:.4f} (exact {ref_seed:.4f})"
+    )
     assert abs(pw_exact - ref_exact) <= _tol(ref_exact, N_SIM, 4)
     assert abs(pw_seed - ref_seed) <= _tol(ref_seed, N_SIM, 4)
     assert abs(ref_exact - approx) < 0.05  # the exact test is slightly conservative vs the normal approx
@@ -282,11 +295,18 @@ def test_simulated_bootstrap_rule_false_switch_and_power(n):
     rates = {}
     for label, acc_chal in (("null", 0.70), ("power", 0.75)):
         b, c = simulate(rng, N_SIM_BOOT, n, 0.70, acc_chal)
-        sw = [bootstrap_diff(b[k][:, None].astype(float), c[k][:, None].astype(float), 1 - ALPHA,
-                             n_boot=N_BOOT_SIM, seed=k)[0] > 0 for k in range(N_SIM_BOOT)]
+        sw = [
+            bootstrap_diff(
+                b[k][:, None].astype(float), c[k][:, None].astype(float), 1 - ALPHA, n_boot=N_BOOT_SIM, seed=k
+            )[0]
+            > 0
+            for k in range(N_SIM_BOOT)
+        ]
         rates[label] = float(np.mean(sw))
-    print(f"\n[paired_bootstrap, n={n}, {N_SIM_BOOT} sims, n_boot={N_BOOT_SIM}] "
-          f"false-switch {rates['null']:.4f}, power(+5) {rates['power']:.4f}")
+    print(
+        f"\n[paired_bootstrap, n={n}, {N_SIM_BOOT} sims, n_boot={N_BOOT_SIM}] "
+        f"false-switch {rates['null']:.4f}, power(+5) {rates['power']:.4f}"
+    )
     assert rates["null"] <= ALPHA + _tol(ALPHA, N_SIM_BOOT)
     ref_exact, _ = exact_rates(n, *discordant_probs(0.70, 0.75))
     # bootstrap ≈ the exact test's power (a little higher: not conservative), within simulation noise
@@ -320,6 +340,7 @@ def test_seed_rule_constant_states_the_simulated_rate():
 # 4. bootstrap_diff
 # --------------------------------------------------------------------------------------------------
 
+
 def test_bootstrap_diff_coverage_of_known_difference():
     rng = np.random.default_rng(11)
     reps, n, true = 300, 300, 0.05
@@ -332,8 +353,10 @@ def test_bootstrap_diff_coverage_of_known_difference():
         covered += lo <= true <= hi
         widths.append(hi - lo)
     cov = covered / reps
-    print(f"\n[bootstrap_diff] coverage of the true +0.05 at 95%: {cov:.3f} over {reps} replications "
-          f"(n={n}, n_boot={N_BOOT_SIM}); mean width {np.mean(widths):.3f}")
+    print(
+        f"\n[bootstrap_diff] coverage of the true +0.05 at 95%: {cov:.3f} over {reps} replications "
+        f"(n={n}, n_boot={N_BOOT_SIM}); mean width {np.mean(widths):.3f}"
+    )
     assert abs(cov - 0.95) <= 3 * math.sqrt(0.95 * 0.05 / reps) + 0.01
     # width ≈ 2·1.96·sqrt(var(diff)) for independent cells: var = (0.7·0.3 + 0.75·0.25)/n
     assert np.mean(widths) == pytest.approx(2 * 1.96 * math.sqrt((0.21 + 0.1875) / n), rel=0.1)
@@ -365,12 +388,14 @@ def test_minimum_detectable_effect():
     assert minimum_detectable_effect(d, 0.05) == pytest.approx(expected)
     # never disagree → independent errors at the baseline accuracy
     assert minimum_detectable_effect(np.zeros(100), 0.05, base_acc=0.7) == pytest.approx(
-        (norm.ppf(0.975) + norm.ppf(0.8)) * math.sqrt(2 * 0.7 * 0.3) / 10)
+        (norm.ppf(0.975) + norm.ppf(0.8)) * math.sqrt(2 * 0.7 * 0.3) / 10
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # 5. decide() end to end
 # --------------------------------------------------------------------------------------------------
+
 
 def test_config_label_is_cell_label_without_seed():
     p = {**CONFIGS["simpo r8"], "seed": 3, "lr": 1e-4, "epochs": 1}
@@ -473,8 +498,12 @@ def test_decide_paired_bootstrap_interval_and_switch():
     assert dec.switch and dec.winner == cfg("simpo r8")
     assert "interval" in dec.reason and "25 more of 200" in dec.reason
     # Bonferroni across 2 challengers: wider than the same bootstrap at level 1 − α
-    narrow = bootstrap_diff(base[:, None].astype(float), chal[:, None].astype(float), 1 - ALPHA,
-                            seed=int(np.flatnonzero(t.index == cfg("simpo r8"))[0]))
+    narrow = bootstrap_diff(
+        base[:, None].astype(float),
+        chal[:, None].astype(float),
+        1 - ALPHA,
+        seed=int(np.flatnonzero(t.index == cfg("simpo r8"))[0]),
+    )
     assert hi - lo > narrow[1] - narrow[0]
 
 
@@ -495,8 +524,9 @@ def test_decide_seed_rule_plus_one_pair_switches_and_warns():
 
 def _logs(train_final: float, eval_final: float):
     train = pd.DataFrame({"step": np.arange(1, 11), "rewards/margins": np.linspace(0.1, train_final, 10)})
-    ev = pd.DataFrame({"step": [5, 10], "eval_rewards/margins": [eval_final / 2, eval_final],
-                       "eval_accuracy": [0.7, 0.7]})
+    ev = pd.DataFrame(
+        {"step": [5, 10], "eval_rewards/margins": [eval_final / 2, eval_final], "eval_accuracy": [0.7, 0.7]}
+    )
     return train, ev
 
 
@@ -543,8 +573,9 @@ def test_decide_multiple_seeds_pooled():
 
 def test_decide_baseline_without_finished_cell_raises():
     base = base_outcomes(100)
-    cells, pairs = make_tables({"dpo r16": base, "simpo r8": flip(base, 20, 0, np.random.default_rng(0))},
-                               status={"dpo r16": "failed"})
+    cells, pairs = make_tables(
+        {"dpo r16": base, "simpo r8": flip(base, 20, 0, np.random.default_rng(0))}, status={"dpo r16": "failed"}
+    )
     pairs = pairs[pairs["cell_id"].isin(cells.loc[cells["status"] == "done", "cell_id"])]
     with pytest.raises(ValueError, match="baseline"):
         decide(cells, pairs)
@@ -552,8 +583,9 @@ def test_decide_baseline_without_finished_cell_raises():
 
 def test_decide_unfinished_challenger_is_ignored():
     base = base_outcomes(100)
-    cells, pairs = make_tables({"dpo r16": base, "simpo r8": flip(base, 20, 0, np.random.default_rng(0))},
-                               status={"simpo r8": "failed"})
+    cells, pairs = make_tables(
+        {"dpo r16": base, "simpo r8": flip(base, 20, 0, np.random.default_rng(0))}, status={"simpo r8": "failed"}
+    )
     dec = decide(cells, pairs)
     assert not dec.switch and "no challenger to compare" in dec.reason
     assert np.isnan(dec.mde)
@@ -626,8 +658,13 @@ def test_overoptimization_flags_train_margin_climbing_with_flat_heldout():
 
 
 def test_overoptimization_healthy_run_not_flagged():
-    ev = pd.DataFrame({"step": EVAL_STEPS, "eval_rewards/margins": np.linspace(0.1, 1.5, len(EVAL_STEPS)),
-                       "eval_accuracy": np.linspace(0.6, 0.8, len(EVAL_STEPS))})
+    ev = pd.DataFrame(
+        {
+            "step": EVAL_STEPS,
+            "eval_rewards/margins": np.linspace(0.1, 1.5, len(EVAL_STEPS)),
+            "eval_accuracy": np.linspace(0.6, 0.8, len(EVAL_STEPS)),
+        }
+    )
     r = overoptimization(TRAIN_CLIMB, ev)
     assert r["flag"] is False
     assert r["heldout_accuracy_delta"] > 0 and r["heldout_margin_delta"] > 0
@@ -663,6 +700,7 @@ def test_margin_retention():
 # 7. diagnostics.length_quartiles / length_bias
 # --------------------------------------------------------------------------------------------------
 
+
 def _length_pairs(n: int = 200, seed: int = 0):
     rng = np.random.default_rng(seed)
     chosen = rng.integers(50, 400, n)
@@ -674,8 +712,12 @@ def _length_pairs(n: int = 200, seed: int = 0):
         "shorter": diff < 0,
         "fair": rng.random(n) < 0.8,  # right on 80%, whatever the lengths
     }
-    frames = [pd.DataFrame({"cell_id": cid, "pair": np.arange(n), "correct": ok,
-                            "chosen_len": chosen, "rejected_len": rejected}) for cid, ok in cells.items()]
+    frames = [
+        pd.DataFrame(
+            {"cell_id": cid, "pair": np.arange(n), "correct": ok, "chosen_len": chosen, "rejected_len": rejected}
+        )
+        for cid, ok in cells.items()
+    ]
     return pd.concat(frames, ignore_index=True), diff
 
 
@@ -687,7 +729,7 @@ def test_length_quartiles_bins_and_accuracies():
     assert set(q.index) == {"longer", "shorter", "fair"}
     # independent quartile assignment: pairs sorted by diff, 50 per bin
     order = np.argsort(diff, kind="stable")
-    expected = {f"Q{k + 1}": order[50 * k: 50 * (k + 1)] for k in range(4)}
+    expected = {f"Q{k + 1}": order[50 * k : 50 * (k + 1)] for k in range(4)}
     fair = pairs[pairs["cell_id"] == "fair"].set_index("pair")["correct"]
     for k, idx in expected.items():
         assert q.loc["fair", k] == pytest.approx(fair.loc[idx].mean())

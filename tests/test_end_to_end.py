@@ -1,24 +1,37 @@
 """End to end through the real CLI, real Ray (local, started by ablate), real LoRA training and Parquet."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ablate_cli as ablate
+from conftest import small_matrix, train_directly
 
 from ablate.inputs.letters import letters_task
-from conftest import small_matrix, train_directly
-from conftest import ablate_cli as ablate
 
-TRL_TRAIN = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-             "logps/chosen", "logps/rejected", "step", "epoch"}
-TRL_EVAL = {"eval_loss", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins",
-            "eval_accuracy", "eval_logps/chosen", "eval_logps/rejected", "step", "epoch"}
-
-
+TRL_TRAIN = {
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+    "step",
+    "epoch",
+}
+TRL_EVAL = {
+    "eval_loss",
+    "eval_rewards/chosen",
+    "eval_rewards/rejected",
+    "eval_rewards/margins",
+    "eval_accuracy",
+    "eval_logps/chosen",
+    "eval_logps/rejected",
+    "step",
+    "epoch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +54,41 @@ def test_run_trains_every_cell_and_writes_tables(finished):
     cells = pd.read_parquet(res / "cells.parquet")
     pairs = pd.read_parquet(res / "pairs.parquet")
     assert len(cells) == 4 and (cells["status"] == "done").all()
-    for col in ("cell_id", "objective", "lora_rank", "seed", "beta", "gamma", "status", "heldout_accuracy",
-                "heldout_margin", "train_margin_first", "train_margin_last", "heldout_pairs", "train_seconds",
-                "tokens_per_second", "peak_memory_mb", "train_data_hash", "heldout_data_hash", "model_path",
-                "ablate_version", "is_baseline"):
+    for col in (
+        "cell_id",
+        "objective",
+        "lora_rank",
+        "seed",
+        "beta",
+        "gamma",
+        "status",
+        "heldout_accuracy",
+        "heldout_margin",
+        "train_margin_first",
+        "train_margin_last",
+        "heldout_pairs",
+        "train_seconds",
+        "tokens_per_second",
+        "peak_memory_mb",
+        "train_data_hash",
+        "heldout_data_hash",
+        "model_path",
+        "ablate_version",
+        "is_baseline",
+    ):
         assert col in cells.columns, col
     assert set(pairs["cell_id"]) == set(cells["cell_id"]) and len(pairs) == 4 * 32
-    for col in ("pair", "chosen_logp_sum", "rejected_logp_sum", "chosen_logp_avg", "rejected_logp_avg",
-                "chosen_len", "rejected_len", "margin", "correct"):
+    for col in (
+        "pair",
+        "chosen_logp_sum",
+        "rejected_logp_sum",
+        "chosen_logp_avg",
+        "rejected_logp_avg",
+        "chosen_len",
+        "rejected_len",
+        "margin",
+        "correct",
+    ):
         assert col in pairs.columns, col
     # Learning happened: training margins grew, and SimPO generalises on the length-flipped held-out set.
     assert (cells["train_margin_last"] > cells["train_margin_first"] + 0.05).all()
@@ -77,7 +117,11 @@ def test_second_run_trains_nothing(finished):
     stamps = {p: p.stat().st_mtime_ns for p in (res / "cells").glob("*/DONE")}
     second = ablate("run", "m.yaml", "--results", "res", cwd=tmp)
     assert second.returncode == 0, second.stderr
-    assert "4 already done" in second.stdout and "training 0" not in second.stdout and "cell(s) on Ray" not in second.stdout
+    assert (
+        "4 already done" in second.stdout
+        and "training 0" not in second.stdout
+        and "cell(s) on Ray" not in second.stdout
+    )
     assert {p: p.stat().st_mtime_ns for p in (res / "cells").glob("*/DONE")} == stamps
 
 

@@ -7,8 +7,8 @@ from peft import LoraConfig, get_peft_model
 
 from ablate.inputs.models import builtin_model, builtin_tokenizer
 from ablate.inputs.tokenize import encode
-from ablate.worker.textbook import collate as textbook_collate
 from ablate.worker.forward import Forward, collate
+from ablate.worker.textbook import collate as textbook_collate
 from ablate.worker.textbook import token_logprobs
 
 ROWS = [
@@ -22,8 +22,9 @@ ROWS = [
 def setup():
     torch.manual_seed(0)
     tok = builtin_tokenizer()
-    model = get_peft_model(builtin_model("tiny-llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
-                                                                 init_lora_weights=False))  # a non-zero adapter
+    model = get_peft_model(
+        builtin_model("tiny-llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )  # a non-zero adapter
     model.eval()
     return tok, model, encode(ROWS, tok, 96, 48, "t")
 
@@ -51,8 +52,10 @@ def test_fast_forward_gradients_match(setup):
     tok, model, pairs = setup
     params = [p for p in model.parameters() if p.requires_grad]
     grads = []
-    for fn in (lambda: textbook(model, pairs, tok.pad_token_id),
-               lambda: Forward(model)(collate(pairs, [0, 1, 2], tok.pad_token_id, True))):
+    for fn in (
+        lambda: textbook(model, pairs, tok.pad_token_id),
+        lambda: Forward(model)(collate(pairs, [0, 1, 2], tok.pad_token_id, True)),
+    ):
         model.zero_grad()
         total, avg, _ = fn()
         (avg[:3] - avg[3:]).sum().backward()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
-from ablate.inputs.letters import letters_task
-from ablate.cluster.jobs import check_client_versions, check_ray_versions
 from conftest import ROOT, ablate_cli, small_matrix
+
+from ablate.cluster.jobs import check_client_versions, check_ray_versions
+from ablate.inputs.letters import letters_task
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
@@ -48,18 +48,42 @@ class Head:
     def __init__(self, auth_env: dict):
         self.tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
         ports = iter(free_port() for _ in range(10))
-        opts = {"--port": 0, "--dashboard-port": 0, "--ray-client-server-port": 0, "--dashboard-agent-listen-port": 0,
-                "--dashboard-agent-grpc-port": 0, "--runtime-env-agent-port": 0, "--metrics-export-port": 0,
-                "--node-manager-port": 0, "--object-manager-port": 0}
+        opts = {
+            "--port": 0,
+            "--dashboard-port": 0,
+            "--ray-client-server-port": 0,
+            "--dashboard-agent-listen-port": 0,
+            "--dashboard-agent-grpc-port": 0,
+            "--runtime-env-agent-port": 0,
+            "--metrics-export-port": 0,
+            "--node-manager-port": 0,
+            "--object-manager-port": 0,
+        }
         opts = {k: str(next(ports)) for k in opts}
         self.url = f"http://127.0.0.1:{opts['--dashboard-port']}"
-        cmd = [str(RAY_BIN), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--include-dashboard",
-               "true", "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--disable-usage-stats",
-               "--temp-dir", self.tmp, *[x for kv in opts.items() for x in kv]]
+        cmd = [
+            str(RAY_BIN),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+            "--temp-dir",
+            self.tmp,
+            *[x for kv in opts.items() for x in kv],
+        ]
         self.log = open(Path(self.tmp) / "head.log", "w")
         self.env = base_env(**auth_env)
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tmp,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tmp, start_new_session=True
+        )
         headers = {"Authorization": f"Bearer {auth_env['RAY_AUTH_TOKEN']}"} if "RAY_AUTH_TOKEN" in auth_env else {}
         deadline = time.monotonic() + 120
         while True:
@@ -131,7 +155,9 @@ def wait_for(head, job, pred, timeout=240):
             return st
         if job_state(st) in ("FAILED", "STOPPED") or time.monotonic() > deadline:
             logs = cli("logs", "--job", job, "--address", head.url).stdout
-            pytest.fail(f"job {job} ended up {job_state(st)}:\n{st.stdout}\n{st.stderr}\n--- driver log ---\n{logs[-4000:]}")
+            pytest.fail(
+                f"job {job} ended up {job_state(st)}:\n{st.stdout}\n{st.stderr}\n--- driver log ---\n{logs[-4000:]}"
+            )
         time.sleep(2)
 
 
@@ -155,8 +181,10 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
     (root / "data").mkdir()
     (root / "mat rices").mkdir()
-    for path, rows in ((root / "data" / "train.jsonl", letters_task(32, 0.5, split="train")),
-                       (root / "mat rices" / "heldout.jsonl", letters_task(16, -0.3, split="heldout"))):
+    for path, rows in (
+        (root / "data" / "train.jsonl", letters_task(32, 0.5, split="train")),
+        (root / "mat rices" / "heldout.jsonl", letters_task(16, -0.3, split="heldout")),
+    ):
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = tiny("shipped")
     m["data"].update(train="../data/train.jsonl", heldout="heldout.jsonl")
@@ -347,7 +375,15 @@ def test_bundle_layout_quoting_and_cluster_only_sources(project, tmp_path):
     evil.parent.mkdir()
     evil.write_text(yaml.safe_dump(small_matrix()))
     b = bundle(evil, "/r o/o't")
-    assert shlex.split(entrypoint(b)) == ["python", "-m", "ablate", "run", "$(touch pwned); x.yaml", "--results", "/r o/o't"]
+    assert shlex.split(entrypoint(b)) == [
+        "python",
+        "-m",
+        "ablate",
+        "run",
+        "$(touch pwned); x.yaml",
+        "--results",
+        "/r o/o't",
+    ]
 
     # Data by URI and a model directory that exists only on the cluster: not shipped, not checked here.
     m = small_matrix()

@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,19 +16,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
-from ablate.matrix.plan import make_plan
-from conftest import ROOT, small_matrix, train_directly
 from conftest import ablate_cli as ablate
 from conftest import ablate_start as start
+from conftest import small_matrix, train_directly
+
+from ablate.matrix.plan import make_plan
 
 
 def slow_matrix(**train) -> dict:
     """Four cells long enough (tens of steps) to be interrupted in the middle."""
     m = small_matrix(name="rel")
     m["data"]["train"]["n"] = 32
-    m["train"].update({"batch_size": 8, "max_steps": 24, "logging_steps": 5, "eval_steps": 20,
-                       "checkpoint_every_steps": 5, **train})
+    m["train"].update(
+        {"batch_size": 8, "max_steps": 24, "logging_steps": 5, "eval_steps": 20, "checkpoint_every_steps": 5, **train}
+    )
     m["matrix"]["lora_rank"] = [4, 8]
     m["resources"] = {"cpus_per_cell": 2}  # one cell at a time on a 2-core machine: room to interrupt
     return m
@@ -40,8 +39,6 @@ def write(tmp_path: Path, m: dict) -> Path:
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(m, sort_keys=False))
     return p
-
-
 
 
 def wait_for(cond, timeout: float = 240, what: str = "condition"):
@@ -59,7 +56,9 @@ def done_cells(res: Path) -> list[Path]:
 
 
 def tree_hashes(d: Path) -> dict[str, str]:
-    return {str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*")) if f.is_file()}
+    return {
+        str(f.relative_to(d)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.rglob("*")) if f.is_file()
+    }
 
 
 def summary(status_stdout: str) -> str:
@@ -68,7 +67,13 @@ def summary(status_stdout: str) -> str:
 
 
 def assert_complete(cell: Path) -> None:
-    for name in ("cell.json", "train_log.jsonl", "eval_log.jsonl", "pairs.parquet", "adapter/adapter_model.safetensors"):
+    for name in (
+        "cell.json",
+        "train_log.jsonl",
+        "eval_log.jsonl",
+        "pairs.parquet",
+        "adapter/adapter_model.safetensors",
+    ):
         assert (cell / name).is_file(), f"{cell.name} has DONE but no {name}"
     assert json.loads((cell / "cell.json").read_text())["status"] == "done"
 
@@ -195,7 +200,9 @@ def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
 def _comparable(res: Path) -> dict:
     out = {}
     for d in done_cells(res):
-        logs = [{k: v for k, v in json.loads(line).items()} for line in (d / "train_log.jsonl").read_text().splitlines()]
+        logs = [
+            {k: v for k, v in json.loads(line).items()} for line in (d / "train_log.jsonl").read_text().splitlines()
+        ]
         evals = (d / "eval_log.jsonl").read_text()
         out[d.name] = (logs, evals, pd.read_parquet(d / "pairs.parquet"))
     return out
@@ -242,8 +249,8 @@ def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from ablate.matrix.plan import make_plan
     from ablate.cluster.runner import run_plan
+    from ablate.matrix.plan import make_plan
 
     m = slow_matrix(max_steps=60, checkpoint_every_steps=2)
     m["matrix"]["objective"] = ["simpo"]

@@ -1,18 +1,15 @@
 """Resource requests on real Ray: fractional shares pack several cells onto one unit (as gpus_per_cell: 0.5
 does on a GPU), and a request no node can satisfy fails within seconds with a message naming the field."""
 
-import os
-import subprocess
-import sys
 import time
 
 import ray
 import yaml
-
-from ablate.matrix.plan import make_plan
-from ablate.cluster.runner import run_plan, task_resources
-from ablate.schema import ResourceSpec
 from conftest import ablate_cli, small_matrix
+
+from ablate.cluster.runner import run_plan, task_resources
+from ablate.matrix.plan import make_plan
+from ablate.schema import ResourceSpec
 
 
 def run_cli(tmp_path, resources: dict):
@@ -27,12 +24,17 @@ def run_cli(tmp_path, resources: dict):
 
 def test_unschedulable_requests_fail_fast_naming_the_field(tmp_path):
     # One request that no node can meet in four ways; the one message names every field at fault.
-    r, seconds = run_cli(tmp_path, {"custom": {"big_gpu": 1}, "gpus_per_cell": 0.5, "accelerator_type": "H100",
-                                    "memory_gb": 4096})
+    r, seconds = run_cli(
+        tmp_path, {"custom": {"big_gpu": 1}, "gpus_per_cell": 0.5, "accelerator_type": "H100", "memory_gb": 4096}
+    )
     assert r.returncode == 2, r.stderr
     assert "no node can ever run a cell" in r.stderr and "Traceback" not in r.stderr
-    for field in ("resources.custom.big_gpu", "resources.gpus_per_cell", "resources.accelerator_type",
-                  "resources.memory_gb"):
+    for field in (
+        "resources.custom.big_gpu",
+        "resources.gpus_per_cell",
+        "resources.accelerator_type",
+        "resources.memory_gb",
+    ):
         assert field in r.stderr, (field, r.stderr)
     assert seconds < 60  # Ray start included; never left pending
     assert not list((tmp_path / "r" / "t" / "cells").glob("*/DONE"))
@@ -42,10 +44,16 @@ def test_unschedulable_requests_fail_fast_naming_the_field(tmp_path):
 
 
 def test_task_options_carry_every_resource():
-    opts = task_resources(ResourceSpec(gpus_per_cell=0.25, cpus_per_cell=2, memory_gb=1.5, accelerator_type="A100",
-                                       custom={"slot": 0.5}))
-    assert opts == {"num_cpus": 2, "num_gpus": 0.25, "memory": int(1.5 * 2**30), "accelerator_type": "A100",
-                    "resources": {"slot": 0.5}}
+    opts = task_resources(
+        ResourceSpec(gpus_per_cell=0.25, cpus_per_cell=2, memory_gb=1.5, accelerator_type="A100", custom={"slot": 0.5})
+    )
+    assert opts == {
+        "num_cpus": 2,
+        "num_gpus": 0.25,
+        "memory": int(1.5 * 2**30),
+        "accelerator_type": "A100",
+        "resources": {"slot": 0.5},
+    }
 
 
 def test_fractional_share_runs_two_cells_at_once_on_one_unit(tmp_path):

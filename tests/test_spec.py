@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, small_matrix
 
+from ablate.errors import UserError
 from ablate.matrix.cells import expand
 from ablate.matrix.plan import make_plan
-from ablate.errors import UserError
 from ablate.matrix.yamlfile import load_matrix, parse_matrix
-from conftest import ROOT, small_matrix
 
 
 def problems_for(write_matrix, m) -> list[str]:
@@ -22,7 +22,11 @@ def problems_for(write_matrix, m) -> list[str]:
 def test_quickstart_expands_to_2x2():
     plan = make_plan(ROOT / "matrices" / "quickstart.yaml")
     assert sorted((c.params["objective"], c.params["lora_rank"]) for c in plan.cells) == [
-        ("dpo", 8), ("dpo", 16), ("simpo", 8), ("simpo", 16)]
+        ("dpo", 8),
+        ("dpo", 16),
+        ("simpo", 8),
+        ("simpo", 16),
+    ]
     assert len({c.id for c in plan.cells}) == 4
     assert [c.params["lora_rank"] for c in plan.cells if c.id in plan.baseline_ids] == [16]
 
@@ -30,8 +34,11 @@ def test_quickstart_expands_to_2x2():
 def test_per_objective_lists_add_axes_only_to_that_objective(write_matrix, tmp_path):
     m = small_matrix()
     m["matrix"] = {"objective": ["dpo", "simpo", "orpo"], "lora_rank": [4, 8], "seed": [0, 1]}
-    m["objectives"] = {"dpo": {"beta": [0.1, 0.5]}, "simpo": {"beta": 2.0, "gamma": [0.3, 0.5, 1.0]},
-                       "orpo": {"lambda": 0.2}}
+    m["objectives"] = {
+        "dpo": {"beta": [0.1, 0.5]},
+        "simpo": {"beta": 2.0, "gamma": [0.3, 0.5, 1.0]},
+        "orpo": {"lambda": 0.2},
+    }
     m["decision"] = {"baseline": {"objective": "dpo", "lora_rank": 4, "beta": 0.1}}
     m["exclude"] = [{"objective": "orpo", "lora_rank": 8}]
     plan = make_plan(write_matrix(m), results=tmp_path / "r")
@@ -53,8 +60,10 @@ def test_gamma_beta_ratio_spelling_resolves_to_the_same_cell(write_matrix, tmp_p
 
 def test_ids_change_with_data_and_settings_but_not_with_locations(write_matrix, tmp_path):
     base = {c.params["objective"]: c.id for c in make_plan(write_matrix(small_matrix()), results=tmp_path / "a").cells}
-    same = {c.params["objective"]: c.id for c in make_plan(write_matrix(small_matrix(), "other.yaml"),
-                                                          results=tmp_path / "b").cells}
+    same = {
+        c.params["objective"]: c.id
+        for c in make_plan(write_matrix(small_matrix(), "other.yaml"), results=tmp_path / "b").cells
+    }
     assert base == same
     m = small_matrix()
     m["data"]["train"]["n"] = 65
@@ -65,31 +74,44 @@ def test_ids_change_with_data_and_settings_but_not_with_locations(write_matrix, 
 
 
 def test_cell_ids_are_stable_across_processes():
-    code = ("from ablate.matrix.plan import make_plan; "
-            f"print(sorted(c.id for c in make_plan({str(ROOT / 'matrices' / 'quickstart.yaml')!r}).cells))")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout for s in (1, 2)}
+    code = (
+        "from ablate.matrix.plan import make_plan; "
+        f"print(sorted(c.id for c in make_plan({str(ROOT / 'matrices' / 'quickstart.yaml')!r}).cells))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(s), "PATH": ""},
+        ).stdout
+        for s in (1, 2)
+    }
     assert len(outs) == 1
     assert outs.pop().strip() == str(sorted(c.id for c in make_plan(ROOT / "matrices" / "quickstart.yaml").cells))
 
 
-@pytest.mark.parametrize("mutate,expect", [
-    (lambda m: m.update(bogus=1), "bogus: unknown field; allowed here: data, decision"),
-    (lambda m: m["matrix"].update(objective=["dpo", "kto"]), "matrix.objective.1"),
-    (lambda m: m["objectives"].update(dpo={"beta": 0.1, "gamma": 0.5}), "gamma belongs to simpo"),
-    (lambda m: m["objectives"].update(simpo={"lambda": 0.5}), "lambda belongs to orpo"),
-    (lambda m: m["matrix"].update(lora_rank=[0]), "matrix.lora_rank.0"),
-    (lambda m: m["objectives"].update(dpo={"beta": -1}), "objectives.dpo.beta.0"),
-    (lambda m: m["matrix"].update(seed=[]), "matrix.seed"),
-    (lambda m: m["matrix"].update(lora_rank=[8, 8]), "duplicate values"),
-    (lambda m: m["matrix"].update(temperature=[1]), "matrix.temperature"),
-    (lambda m: m["decision"].update(baseline={"objective": "orpo"}), "is not in matrix.objective"),
-    (lambda m: m.pop("model"), "model: required field is missing"),
-    (lambda m: m["train"].update(batch_size=0), "train.batch_size"),
-    (lambda m: m["train"].update(epochs=10**9), "train.epochs"),
-    (lambda m: m["model"].update(path="builtin:gpt9"), "unknown builtin model"),
-    (lambda m: m["data"].update(max_length=64, max_prompt_length=64), "max_prompt_length"),
-])
+@pytest.mark.parametrize(
+    "mutate,expect",
+    [
+        (lambda m: m.update(bogus=1), "bogus: unknown field; allowed here: data, decision"),
+        (lambda m: m["matrix"].update(objective=["dpo", "kto"]), "matrix.objective.1"),
+        (lambda m: m["objectives"].update(dpo={"beta": 0.1, "gamma": 0.5}), "gamma belongs to simpo"),
+        (lambda m: m["objectives"].update(simpo={"lambda": 0.5}), "lambda belongs to orpo"),
+        (lambda m: m["matrix"].update(lora_rank=[0]), "matrix.lora_rank.0"),
+        (lambda m: m["objectives"].update(dpo={"beta": -1}), "objectives.dpo.beta.0"),
+        (lambda m: m["matrix"].update(seed=[]), "matrix.seed"),
+        (lambda m: m["matrix"].update(lora_rank=[8, 8]), "duplicate values"),
+        (lambda m: m["matrix"].update(temperature=[1]), "matrix.temperature"),
+        (lambda m: m["decision"].update(baseline={"objective": "orpo"}), "is not in matrix.objective"),
+        (lambda m: m.pop("model"), "model: required field is missing"),
+        (lambda m: m["train"].update(batch_size=0), "train.batch_size"),
+        (lambda m: m["train"].update(epochs=10**9), "train.epochs"),
+        (lambda m: m["model"].update(path="builtin:gpt9"), "unknown builtin model"),
+        (lambda m: m["data"].update(max_length=64, max_prompt_length=64), "max_prompt_length"),
+    ],
+)
 def test_bad_matrices_name_the_field(write_matrix, mutate, expect):
     m = small_matrix()
     mutate(m)

@@ -3,20 +3,18 @@ mode on loopback, through pyarrow.fs.S3FileSystem) — run, resume and report, p
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 import yaml
-
-from ablate.results.lock import ResultsLock
-from ablate.errors import UserError
-from ablate.results.storage import DONE, Store, cell_states, join, publish_cell, write_running
 from conftest import ROOT, small_matrix
 from conftest import ablate_cli as ablate
 from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
+
+from ablate.errors import UserError
+from ablate.results.lock import ResultsLock
+from ablate.results.storage import DONE, Store, cell_states, join, publish_cell, write_running
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +28,6 @@ def s3():
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 
 
 def test_join_keeps_a_uri_query_last():
@@ -53,9 +49,22 @@ def test_run_resume_report_on_s3(tmp_path, s3):
     states = cell_states(store)
     assert sorted(states.values()) == ["done", "failed"]
     done = next(c for c, s in states.items() if s == "done")
-    keys = {i.path.rsplit("/", 1)[-1] for i in fs.get_file_info(
-        __import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(f"bucket/ablate/t/cells/{done}", recursive=True))}
-    assert {"cell.json", "pairs.parquet", "train_log.jsonl", "eval_log.jsonl", DONE, "adapter_model.safetensors"} <= keys
+    keys = {
+        i.path.rsplit("/", 1)[-1]
+        for i in fs.get_file_info(
+            __import__("pyarrow.fs", fromlist=["FileSelector"]).FileSelector(
+                f"bucket/ablate/t/cells/{done}", recursive=True
+            )
+        )
+    }
+    assert {
+        "cell.json",
+        "pairs.parquet",
+        "train_log.jsonl",
+        "eval_log.jsonl",
+        DONE,
+        "adapter_model.safetensors",
+    } <= keys
     before = store.read_bytes(f"cells/{done}/pairs.parquet")
 
     # Resume from the laptop side: only the failed cell trains, the done one is untouched.

@@ -33,12 +33,12 @@ class Bundle:
     """The working directory a job gets: the matrix and the local files it names, in their layout."""
 
     spec: MatrixSpec
-    matrix_rel: str                      # the matrix file, relative to the common root (posix)
+    matrix_rel: str  # the matrix file, relative to the common root (posix)
     files: dict[str, Path] = field(default_factory=dict)  # rel path in working dir -> local file or dir
     notes: list[str] = field(default_factory=list)
-    remote: set[str] = field(default_factory=set)        # sources this machine cannot check (on the cluster)
+    remote: set[str] = field(default_factory=set)  # sources this machine cannot check (on the cluster)
     results_root: str = ""
-    results: str = ""                    # <results root>/<matrix name>, absolute path or URI
+    results: str = ""  # <results root>/<matrix name>, absolute path or URI
 
     @property
     def bytes(self) -> int:
@@ -61,9 +61,11 @@ def results_location(root: str, name: str) -> str:
     if is_uri(root):
         return join(root, name)
     if not posixpath.isabs(root):
-        raise JobError(f"results root {root!r} is relative: inside a Ray Job it would land in the job's temporary "
-                       "working directory on the cluster and be lost. Pass --results with an absolute path on "
-                       "storage every node can write (e.g. /mnt/shared/ablate) or a URI (s3://bucket/prefix)")
+        raise JobError(
+            f"results root {root!r} is relative: inside a Ray Job it would land in the job's temporary "
+            "working directory on the cluster and be lost. Pass --results with an absolute path on "
+            "storage every node can write (e.g. /mnt/shared/ablate) or a URI (s3://bucket/prefix)"
+        )
     return posixpath.join(posixpath.normpath(root), name)
 
 
@@ -108,13 +110,17 @@ def bundle(matrix: str | Path, results: str | None = None) -> Bundle:
         b.files[rel] = p
         size = _size(p)
         if size > MAX_UPLOAD_BYTES:
-            problems.append(f"{matrix}: {fld}: {p} is {human_size(size)}; ablate ships at most "
-                            f"{human_size(MAX_UPLOAD_BYTES)} of local files with a job. Put it on shared storage (s3://…, gs://…, or a path every "
-                            f"node can read) and set {fld} to that URI or path")
+            problems.append(
+                f"{matrix}: {fld}: {p} is {human_size(size)}; ablate ships at most "
+                f"{human_size(MAX_UPLOAD_BYTES)} of local files with a job. Put it on shared storage (s3://…, gs://…, "
+                f"or a path every node can read) and set {fld} to that URI or path"
+            )
     if not problems and b.bytes > MAX_UPLOAD_BYTES:
-        problems.append(f"{matrix}: the matrix's local files total {human_size(b.bytes)}; ablate ships at "
-                        f"most {human_size(MAX_UPLOAD_BYTES)} with a job. Put the data on shared storage (s3://…, "
-                        "gs://…) and reference it by URI")
+        problems.append(
+            f"{matrix}: the matrix's local files total {human_size(b.bytes)}; ablate ships at "
+            f"most {human_size(MAX_UPLOAD_BYTES)} with a job. Put the data on shared storage (s3://…, "
+            "gs://…) and reference it by URI"
+        )
     if problems:
         raise UserError(problems)
     b.results_root = results if results is not None else spec.storage
@@ -150,8 +156,9 @@ def validate(matrix: str | Path, b: Bundle) -> None:
 
 def entrypoint(b: Bundle) -> str:
     """The job's fixed command; every user-derived piece is shell-quoted."""
-    return " ".join(["python", "-m", "ablate", "run", shlex.quote(b.matrix_rel),
-                     "--results", shlex.quote(b.results_root)])
+    return " ".join(
+        ["python", "-m", "ablate", "run", shlex.quote(b.matrix_rel), "--results", shlex.quote(b.results_root)]
+    )
 
 
 def runtime_env(b: Bundle, working_dir: str) -> dict[str, Any]:

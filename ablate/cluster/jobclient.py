@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UserError
@@ -47,9 +48,11 @@ def check_ray_versions(local: str, cluster: str, where: str = "the cluster") -> 
     if b is None:
         return f"cannot read the Ray version of {where} (it reported {cluster!r})"
     if a != b:
-        return (f"Ray version mismatch: this machine has Ray {local}, {where} runs Ray {cluster}. Driver and "
-                f"workers must agree on Ray major.minor: install ray[default]=={cluster} here (or move the cluster "
-                f"to Ray {a[0]}.{a[1]}) and submit again")
+        return (
+            f"Ray version mismatch: this machine has Ray {local}, {where} runs Ray {cluster}. Driver and "
+            f"workers must agree on Ray major.minor: install ray[default]=={cluster} here (or move the cluster "
+            f"to Ray {a[0]}.{a[1]}) and submit again"
+        )
     return None
 
 
@@ -62,9 +65,11 @@ def check_client_versions() -> None:
     have_py = f"{sys.version_info.major}.{sys.version_info.minor}"
     problems = []
     if _major_minor(want_py) != _major_minor(have_py):
-        problems.append(f"Python version mismatch: the job was submitted from Python {want_py}, but this cluster "
-                        f"runs Python {have_py} ({sys.executable}). Submit from Python {have_py}, or run the cluster "
-                        f"on Python {want_py}, so driver and workers agree")
+        problems.append(
+            f"Python version mismatch: the job was submitted from Python {want_py}, but this cluster "
+            f"runs Python {have_py} ({sys.executable}). Submit from Python {have_py}, or run the cluster "
+            f"on Python {want_py}, so driver and workers agree"
+        )
     want_ray = os.environ.get(ENV_RAY)
     if want_ray:
         import ray
@@ -97,8 +102,7 @@ def resolve_address(address: str | None) -> str:
     if not address:
         address, source = os.environ.get("RAY_ADDRESS", ""), "RAY_ADDRESS"
         if not address:
-            raise JobError("no Ray dashboard address: pass --address http://HEAD:8265 "
-                           "(or set RAY_ADDRESS to that URL)")
+            raise JobError("no Ray dashboard address: pass --address http://HEAD:8265 (or set RAY_ADDRESS to that URL)")
     address = address.strip().rstrip("/")
     try:
         s = urlsplit(address)
@@ -108,8 +112,10 @@ def resolve_address(address: str | None) -> str:
         ok = False
     if not ok:
         shown = address if source == "--address" and "@" not in address else "its value"
-        raise JobError(f"{source}: {shown} is not a Ray dashboard URL; jobs need the dashboard's "
-                       "http(s) address, e.g. --address http://HEAD:8265")
+        raise JobError(
+            f"{source}: {shown} is not a Ray dashboard URL; jobs need the dashboard's "
+            "http(s) address, e.g. --address http://HEAD:8265"
+        )
     return address
 
 
@@ -119,20 +125,29 @@ def auth_message(status_or_text: Any, address: str) -> str:
     if "401" in text or "required" in text.lower():
         hint = "set RAY_AUTH_MODE=token and put the cluster's token in RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH)"
         if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and (
-                os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        ):
             hint = "a token is set but RAY_AUTH_MODE is not 'token', so it is not sent: set RAY_AUTH_MODE=token"
         elif os.environ.get("RAY_AUTH_MODE", "").lower() != "token" and (Path.home() / ".ray" / "auth_token").is_file():
-            hint = ("~/.ray/auth_token exists but is sent only with RAY_AUTH_MODE=token: set it if that file holds "
-                    "this cluster's token, or put the token in RAY_AUTH_TOKEN")
+            hint = (
+                "~/.ray/auth_token exists but is sent only with RAY_AUTH_MODE=token: set it if that file holds "
+                "this cluster's token, or put the token in RAY_AUTH_TOKEN"
+            )
         return f"the Ray cluster at {where} requires token authentication and no token was sent: {hint}"
-    return (f"the Ray cluster at {where} rejected the authentication token: check that RAY_AUTH_TOKEN "
-            "(or the file in RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) holds this cluster's token")
+    return (
+        f"the Ray cluster at {where} rejected the authentication token: check that RAY_AUTH_TOKEN "
+        "(or the file in RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) holds this cluster's token"
+    )
 
 
 def _quiet_ray_loggers() -> None:
-    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
-                 "ray._private.runtime_env.packaging", "ray._private.runtime_env.py_modules",
-                 "ray._private.runtime_env.working_dir"):
+    for name in (
+        "ray.dashboard.modules.dashboard_sdk",
+        "ray.dashboard.modules.job.sdk",
+        "ray._private.runtime_env.packaging",
+        "ray._private.runtime_env.py_modules",
+        "ray._private.runtime_env.working_dir",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -163,11 +178,15 @@ def _preflight(address: str) -> str:
     except requests.exceptions.SSLError:
         raise JobError(f"TLS handshake with {where} failed (certificate not trusted?)") from None
     except requests.exceptions.ConnectTimeout:
-        raise JobError(f"no answer from the Ray dashboard at {where} within {CONNECT_TIMEOUT_S:.0f} s: "
-                       "is the address right and the port reachable from here?") from None
+        raise JobError(
+            f"no answer from the Ray dashboard at {where} within {CONNECT_TIMEOUT_S:.0f} s: "
+            "is the address right and the port reachable from here?"
+        ) from None
     except requests.exceptions.ConnectionError:
-        raise JobError(f"cannot connect to the Ray dashboard at {where} (connection refused or host unreachable): "
-                       "is the head node running with its dashboard on that port?") from None
+        raise JobError(
+            f"cannot connect to the Ray dashboard at {where} (connection refused or host unreachable): "
+            "is the head node running with its dashboard on that port?"
+        ) from None
     except requests.exceptions.RequestException as e:
         raise JobError(f"request to {where} failed: {type(e).__name__}") from None
     if r.status_code in (401, 403):
@@ -176,8 +195,10 @@ def _preflight(address: str) -> str:
         r.raise_for_status()
         return r.json()["ray_version"]
     except Exception:  # noqa: BLE001 - 404, HTML, anything that is not Ray's version answer
-        raise JobError(f"{where} did not answer like a Ray dashboard (HTTP {r.status_code} on /api/version): "
-                       "is it the dashboard port (8265 by default)?") from None
+        raise JobError(
+            f"{where} did not answer like a Ray dashboard (HTTP {r.status_code} on /api/version): "
+            "is it the dashboard port (8265 by default)?"
+        ) from None
 
 
 def connect(address: str | None, check_version: bool = True):
@@ -220,8 +241,9 @@ def sdk_call(client, method: str, *args, **kwargs):
         text = " ".join(str(e).split())
         if method != "submit_job" and ("404" in text or "does not exist" in text):
             job = args[0] if args else "?"
-            raise JobError(f"no job {job!r} on the Ray cluster at {where} "
-                           f"(list them with `ray job list --address {where}`)") from None
+            raise JobError(
+                f"no job {job!r} on the Ray cluster at {where} (list them with `ray job list --address {where}`)"
+            ) from None
         raise JobError(f"the Ray dashboard at {where} refused {method}: {text[:300]}") from None
 
 

@@ -19,10 +19,24 @@ from typing import Any
 # bundle, entrypoint, results_location, validate and the version checks are also imported from here.
 from ..errors import UserError
 from ..results.storage import is_uri
-from .jobbundle import (STOP_WAIT_S, bundle, entrypoint, human_size, results_location,  # noqa: F401
-                        runtime_env, validate)
-from .jobclient import (JobError, auth_message, check_client_versions, check_job_id, check_ray_versions,  # noqa: F401
-                        connect, redact, sdk_call)
+from .jobbundle import (
+    STOP_WAIT_S,
+    bundle,
+    entrypoint,
+    human_size,
+    results_location,  # noqa: F401
+    runtime_env,
+    validate,
+)
+from .jobclient import (
+    JobError,
+    auth_message,
+    check_job_id,
+    check_ray_versions,  # noqa: F401
+    connect,
+    redact,
+    sdk_call,
+)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 META_RESULTS, META_MATRIX = "ablate_results", "ablate_matrix"
@@ -43,18 +57,31 @@ def submit(matrix: str | Path, address: str | None, results: str | None, out) ->
                 shutil.copytree(src, dst)
             else:
                 shutil.copyfile(src, dst)
-        metadata = {META_RESULTS: b.results, META_MATRIX: b.spec.name, "ablate_version": __version__,
-                    "ablate_matrix_file": b.matrix_rel}
-        job = sdk_call(client, "submit_job", entrypoint=entrypoint(b), runtime_env=runtime_env(b, wd),
-                       metadata=metadata)
+        metadata = {
+            META_RESULTS: b.results,
+            META_MATRIX: b.spec.name,
+            "ablate_version": __version__,
+            "ablate_matrix_file": b.matrix_rel,
+        }
+        job = sdk_call(
+            client, "submit_job", entrypoint=entrypoint(b), runtime_env=runtime_env(b, wd), metadata=metadata
+        )
     where = redact(client._ablate_address)
     out.print(f"Submitted job {job}", markup=False, highlight=False, soft_wrap=True)
-    out.print(f"  matrix {b.spec.name} ({b.matrix_rel}, {human_size(b.bytes)} shipped) → results {b.results}",
-              markup=False, highlight=False, soft_wrap=True)
+    out.print(
+        f"  matrix {b.spec.name} ({b.matrix_rel}, {human_size(b.bytes)} shipped) → results {b.results}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     for n in b.notes:
         out.print(f"  note: {n}", markup=False, highlight=False, soft_wrap=True)
-    out.print(f"  ablate status --job {job} --address {where}\n  ablate logs --job {job} --follow --address {where}",
-              markup=False, highlight=False, soft_wrap=True)
+    out.print(
+        f"  ablate status --job {job} --address {where}\n  ablate logs --job {job} --follow --address {where}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     return job
 
 
@@ -75,8 +102,14 @@ def job_cells(info) -> tuple[str | None, Any, str | None]:
     if not results:
         return None, None, "this job was not submitted by `ablate submit` (no results location in its metadata)"
     if not is_uri(results) and not Path(results).exists():
-        return results, None, (f"the results at {results} are not readable from this machine (a path on the "
-                               "cluster's disk, or not created yet); the job status above is all ablate can show")
+        return (
+            results,
+            None,
+            (
+                f"the results at {results} are not readable from this machine (a path on the "
+                "cluster's disk, or not created yet); the job status above is all ablate can show"
+            ),
+        )
     try:
         cells, _ = collect(results, write=False)
     except UserError as e:
@@ -85,8 +118,14 @@ def job_cells(info) -> tuple[str | None, Any, str | None]:
             return results, None, f"no cells written at {results} yet (the job has not started training)"
         return results, None, f"cannot read the results from this machine: {msg}"
     except Exception as e:  # noqa: BLE001 - e.g. an object store without credentials here
-        return results, None, (f"cannot read the results at {results} from this machine: "
-                               f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
+        return (
+            results,
+            None,
+            (
+                f"cannot read the results at {results} from this machine: "
+                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            ),
+        )
     return results, cells, None
 
 
@@ -99,13 +138,21 @@ def show_status(job: str, address: str | None, out, err) -> str:
     status = str(info.status.value if hasattr(info.status, "value") else info.status)
     color = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow", "RUNNING": "cyan"}.get(status, "white")
     meta = info.metadata or {}
-    out.print(Text.assemble(f"job {job}: ", (status, color),
-                            f"  (matrix {meta[META_MATRIX]})" if META_MATRIX in meta else ""), soft_wrap=True)
+    out.print(
+        Text.assemble(
+            f"job {job}: ", (status, color), f"  (matrix {meta[META_MATRIX]})" if META_MATRIX in meta else ""
+        ),
+        soft_wrap=True,
+    )
     if status == "FAILED" and info.message:
         first = info.message.strip().splitlines()[0]
         out.print(f"  {first}", markup=False, highlight=False, soft_wrap=True)
-        out.print(f"  full driver log: ablate logs --job {job} --address {redact(client._ablate_address)}",
-                  markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"  full driver log: ablate logs --job {job} --address {redact(client._ablate_address)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     results, cells, why = job_cells(info)
     if cells is None:
         if status == "PENDING" and results:
@@ -120,8 +167,13 @@ def show_status(job: str, address: str | None, out, err) -> str:
         acc = r.get("heldout_accuracy")
         acc = "" if acc is None or acc != acc else f"{acc:.3f}"
         st = r["status"]
-        table.add_row(Text(r["cell_id"]), Text(r["label"]), Text(st, style=colors.get(st, "white")), acc,
-                      Text(f"{r.get('error_type')}: {r.get('error')}" if st == "failed" else ""))
+        table.add_row(
+            Text(r["cell_id"]),
+            Text(r["label"]),
+            Text(st, style=colors.get(st, "white")),
+            acc,
+            Text(f"{r.get('error_type')}: {r.get('error')}" if st == "failed" else ""),
+        )
     out.print(table)
     out.print(", ".join(f"{v} {k}" for k, v in cells["status"].value_counts().to_dict().items()), highlight=False)
     return status
@@ -144,8 +196,12 @@ def show_logs(job: str, address: str | None, follow: bool, err) -> str:
     try:
         asyncio.run(tail())
     except KeyboardInterrupt:
-        err.print(f"Stopped following; the job keeps running (`ablate cancel --job {job}` stops it).",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"Stopped following; the job keeps running (`ablate cancel --job {job}` stops it).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise JobError("interrupted", code=130) from None
     except Exception as e:  # noqa: BLE001 - aiohttp / websocket errors: one line
         if type(e).__name__ == "AuthenticationError":
@@ -175,10 +231,18 @@ def cancel(job: str, address: str | None, out, wait_s: float = STOP_WAIT_S + 45)
     out.print(line, highlight=False, soft_wrap=True)
     if cells is not None:
         counts = cells["status"].value_counts().to_dict()
-        out.print(f"  cells: {', '.join(f'{v} {k}' for k, v in counts.items())}. Finished cells are kept in "
-                  f"{results}; submitting the same matrix again trains only the rest.",
-                  markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"  cells: {', '.join(f'{v} {k}' for k, v in counts.items())}. Finished cells are kept in "
+            f"{results}; submitting the same matrix again trains only the rest.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     elif results:
-        out.print(f"  finished cells are kept in {results}; submitting the same matrix again trains only the rest.",
-                  markup=False, highlight=False, soft_wrap=True)
+        out.print(
+            f"  finished cells are kept in {results}; submitting the same matrix again trains only the rest.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return status

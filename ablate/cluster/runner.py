@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 from .. import objectives
 from ..config import Runtime
@@ -50,8 +50,12 @@ def _reference_task(results, cell, model_spec, train_rows, heldout_rows, runtime
 def runtime_for(spec: MatrixSpec) -> Runtime:
     """How cells run: the matrix's runtime settings and resources (none of it is part of a cell id)."""
     res = spec.resources
-    return Runtime(device="cuda" if res.gpus_per_cell > 0 else "cpu", threads=max(1, int(res.cpus_per_cell)),
-                   max_oom_retries=res.max_oom_retries, **{k: getattr(spec.train, k) for k in RUNTIME_FIELDS})
+    return Runtime(
+        device="cuda" if res.gpus_per_cell > 0 else "cpu",
+        threads=max(1, int(res.cpus_per_cell)),
+        max_oom_retries=res.max_oom_retries,
+        **{k: getattr(spec.train, k) for k in RUNTIME_FIELDS},
+    )
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
@@ -65,8 +69,14 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
         # Dashboard off by default; when on, loopback only.
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=True,
+        )
 
 
 def task_resources(res: ResourceSpec) -> dict:
@@ -105,17 +115,31 @@ def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
     field = {"CPU": "cpus_per_cell", "GPU": "gpus_per_cell", "memory": "memory_gb"}
     short = sorted({k for k, v in want.items() if not any(node.get(k, 0) >= v for node in nodes)})
     names = [field.get(k, "accelerator_type" if k.startswith("accelerator_type:") else f"custom.{k}") for k in short]
-    have = "; ".join(", ".join(f"{k}={v:g}" for k, v in sorted(n.items()) if not k.startswith("node:")
-                               and k != "object_store_memory") for n in nodes) or "no alive nodes"
-    raise UserError([
-        f"resources: no node can ever run a cell: it asks for {', '.join(f'{k}={v:g}' for k, v in want.items())} "
-        f"({', '.join('resources.' + n for n in names)} too large or absent). Nodes have: {have}. "
-        "Lower the request or add a node that has it."
-    ])
+    have = (
+        "; ".join(
+            ", ".join(
+                f"{k}={v:g}" for k, v in sorted(n.items()) if not k.startswith("node:") and k != "object_store_memory"
+            )
+            for n in nodes
+        )
+        or "no alive nodes"
+    )
+    raise UserError(
+        [
+            f"resources: no node can ever run a cell: it asks for {', '.join(f'{k}={v:g}' for k, v in want.items())} "
+            f"({', '.join('resources.' + n for n in names)} too large or absent). Nodes have: {have}. "
+            "Lower the request or add a node that has it."
+        ]
+    )
 
 
-def run_plan(plan: Plan, address: str | None = None, on_start: Callable[[int], None] | None = None,
-             on_done: Callback | None = None, num_cpus: int | None = None) -> list[dict]:
+def run_plan(
+    plan: Plan,
+    address: str | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callback | None = None,
+    num_cpus: int | None = None,
+) -> list[dict]:
     """Train every cell not yet done; return the cell.json of each cell run now."""
     with ResultsLock(plan.results) as lock:
         # Under the lock no other driver is training here, so a running/ marker is left over from a killed run.
@@ -148,12 +172,17 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
     for c in todo:
         key = c.config.reference_key(runtime)
         if objectives.get(c.config.objective).reference and key not in references:
-            references[key] = ray.remote(_reference_task).options(name="ablate-reference", **opts).remote(
-                results, c.config, model_spec, train_ref, held_ref, runtime)
+            references[key] = (
+                ray.remote(_reference_task)
+                .options(name="ablate-reference", **opts)
+                .remote(results, c.config, model_spec, train_ref, held_ref, runtime)
+            )
 
     refs = {}
     for c in todo:
-        shared = references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
+        shared = (
+            references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
+        )
         refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared)] = c
     finished: list[dict] = []
     pending = list(refs)
@@ -161,8 +190,12 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=HEARTBEAT_S)
             if lock.lost:
-                raise UserError([f"{plan.results.uri}: another ablate run took over these results after this one "
-                                   "was silent for a minute; stopping so the two never train the same cell"])
+                raise UserError(
+                    [
+                        f"{plan.results.uri}: another ablate run took over these results after this one "
+                        "was silent for a minute; stopping so the two never train the same cell"
+                    ]
+                )
             for ref in ready:
                 cell = refs[ref]
                 try:
@@ -175,8 +208,14 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
                             on_done(out)
                         continue
                     cause = getattr(e, "cause", None) or e
-                    out = {"id": cell.id, "params": cell.params, "config": cell.config.to_json(), "status": "failed",
-                           "error_type": type(cause).__name__, "error": (str(cause).splitlines() or [""])[0]}
+                    out = {
+                        "id": cell.id,
+                        "params": cell.params,
+                        "config": cell.config.to_json(),
+                        "status": "failed",
+                        "error_type": type(cause).__name__,
+                        "error": (str(cause).splitlines() or [""])[0],
+                    }
                     storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
                     storage.clear_running(plan.results, cell.id)  # its worker died before clearing it
                 out["label"] = cell.label

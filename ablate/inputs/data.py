@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..schema import BuiltinData
 from ..results.storage import is_uri
+from ..schema import BuiltinData
 from .letters import builtin_rows
 
 Row = dict[str, Any]
@@ -66,8 +66,12 @@ def _read_bytes(source: str, split: str) -> bytes:
     try:
         fs, path = pafs.FileSystem.from_uri(source)
     except (ValueError, OSError, NotImplementedError) as e:  # ArrowInvalid is a ValueError
-        raise UserError([f"data.{split}: {shown}: not a URI ablate can read ({_first_line(e, source)}); use a "
-                           "local path or s3://, gs://, file:///absolute/path"]) from None
+        raise UserError(
+            [
+                f"data.{split}: {shown}: not a URI ablate can read ({_first_line(e, source)}); use a "
+                "local path or s3://, gs://, file:///absolute/path"
+            ]
+        ) from None
     try:
         kind = fs.get_file_info(path).type
         if kind == pafs.FileType.NotFound:
@@ -81,8 +85,12 @@ def _read_bytes(source: str, split: str) -> bytes:
     except FileNotFoundError:
         raise UserError([f"data.{split}: {shown}: no such object ({_EXPECTED})"]) from None
     except (OSError, ValueError) as e:  # unreachable endpoint, refused credentials, ...
-        raise UserError([f"data.{split}: {shown}: cannot read ({_first_line(e, source)}); check the URI, the endpoint "
-                           "(AWS_ENDPOINT_URL or ?endpoint_override=) and the credentials in the environment"]) from None
+        raise UserError(
+            [
+                f"data.{split}: {shown}: cannot read ({_first_line(e, source)}); check the URI, the endpoint "
+                "(AWS_ENDPOINT_URL or ?endpoint_override=) and the credentials in the environment"
+            ]
+        ) from None
 
 
 def _first_line(e: BaseException, source: str) -> str:
@@ -114,14 +122,18 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
-                            "a JSONL file holds one JSON object per line")
+            problems.append(
+                f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
+                "a JSONL file holds one JSON object per line"
+            )
             continue
         problems += [f"{shown}:{i}: {p}" for p in _row_problems(row)]
         rows.append(row)
         lines.append(i)
     if not rows and not problems:
-        problems.append(f"{shown}: data.{split}: no pairs; the {split} set needs at least one prompt/chosen/rejected line")
+        problems.append(
+            f"{shown}: data.{split}: no pairs; the {split} set needs at least one prompt/chosen/rejected line"
+        )
     if problems:
         raise UserError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []))
     return Rows(rows, shown, lines)
@@ -166,6 +178,8 @@ def check_leakage(train: list[Row], heldout: list[Row], where: str) -> list[str]
     dup = [(i, seen[key(r)]) for i, r in enumerate(heldout) if key(r) in seen]
     if dup:
         i, j = dup[0]
-        return [f"{where}: {len(dup)} held-out pair(s) also in the training set (first: held-out {row_where(heldout, i)} "
-                f"is training {row_where(train, j)}); held-out pairs must be unseen, so remove them from one set"]
+        return [
+            f"{where}: {len(dup)} held-out pair(s) also in the training set (first: held-out {row_where(heldout, i)} "
+            f"is training {row_where(train, j)}); held-out pairs must be unseen, so remove them from one set"
+        ]
     return []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import string
 
-
 # ---------------------------------------------------------------------------------------------
 # Synthetic task "letters": a prompt asks for a word; the preferred answer draws most of its letters
 # from a-m, the dispreferred one from n-z. `signal` is the share of letters from the favoured half

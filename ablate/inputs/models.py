@@ -12,7 +12,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-
 from ..errors import UserError
 from ..schema import ModelSpec
 
@@ -32,7 +31,6 @@ def builtin_tokenizer():
 
 def builtin_model(name: str, dtype=None, attn_implementation: str = "sdpa"):
     import torch
-
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = dict(
@@ -64,7 +62,6 @@ def builtin_model(name: str, dtype=None, attn_implementation: str = "sdpa"):
     return model.to(dtype or torch.float32)
 
 
-
 def _builtin_name(spec: ModelSpec) -> str | None:
     return spec.path.removeprefix("builtin:") if spec.path.startswith("builtin:") else None
 
@@ -72,12 +69,16 @@ def _builtin_name(spec: ModelSpec) -> str | None:
 def check_model_spec(spec: ModelSpec) -> list[str]:
     name = _builtin_name(spec)
     if name is not None and name not in BUILTIN_MODELS:
-        return [f"model.path: unknown builtin model {spec.path!r}; builtins: "
-                + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)]
+        return [
+            f"model.path: unknown builtin model {spec.path!r}; builtins: "
+            + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS)
+        ]
     p = Path(spec.path)
     if name is None and "://" in spec.path:
-        return [f"model.path: {spec.path}: models are not read from URIs; give a builtin, a local model directory "
-                "(at the same path on every worker) or a hub id like org/name"]
+        return [
+            f"model.path: {spec.path}: models are not read from URIs; give a builtin, a local model directory "
+            "(at the same path on every worker) or a hub id like org/name"
+        ]
     looks_local = p.is_absolute() or spec.path.startswith((".", "~")) or spec.path.count("/") > 1 or "\\" in spec.path
     if name is None and looks_local and not p.is_dir():  # a hub id is "name" or "org/name"
         return [f"model.path: {spec.path}: no such directory (give a local model directory or a hub id like org/name)"]
@@ -86,8 +87,10 @@ def check_model_spec(spec: ModelSpec) -> list[str]:
         if not cfg.is_file():
             return [f"model.path: {spec.path}: not a Hugging Face model directory (no config.json)"]
         if '"auto_map"' in cfg.read_text(errors="replace") and not spec.trust_remote_code:
-            return [f"model.path: {spec.path}: this model ships its own code (auto_map in config.json); "
-                    "set model.trust_remote_code: true only if you trust it"]
+            return [
+                f"model.path: {spec.path}: this model ships its own code (auto_map in config.json); "
+                "set model.trust_remote_code: true only if you trust it"
+            ]
     return []
 
 
@@ -143,7 +146,10 @@ def load_model(spec: ModelSpec, device, attention: str = "sdpa"):
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            spec.path, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+            spec.path,
+            revision=spec.revision,
+            dtype=dtype,
+            trust_remote_code=spec.trust_remote_code,
             attn_implementation=attention,
         )
     return model.to(device)

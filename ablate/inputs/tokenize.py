@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from .data import Row, row_where
 
+
 def render(row: Row, tokenizer) -> tuple[str, str, str]:
     """Plain strings pass through; TRL-style message lists go through the tokenizer's chat template."""
     p, c, r = row["prompt"], row["chosen"], row["rejected"]
@@ -26,7 +27,7 @@ def render(row: Row, tokenizer) -> tuple[str, str, str]:
         full = tokenizer.apply_chat_template(p + msgs, tokenize=False)
         if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to the last turn
             return "".join(m["content"] for m in msgs)
-        return full[len(prompt):]
+        return full[len(prompt) :]
 
     return prompt, completion(c), completion(r)
 
@@ -62,13 +63,15 @@ def encode(rows: list[Row], tokenizer, max_length: int, prompt_budget: int, wher
         problems.append(
             f"{where}: data.max_length={max_length} is shorter than every prompt (shortest: {shortest} tokens), so "
             f"every prompt would be cut to its last {prompt_budget} tokens; allowed: max_length > {shortest}, "
-            "with room for the completions")
+            "with room for the completions"
+        )
     if identical:
         problems.append(
             f"{where}: {len(identical)} pair(s) have identical chosen and rejected after truncation to "
             f"max_length={max_length} (prompt keeps its last {prompt_budget} tokens; "
             f"first: {row_where(rows, identical[0])}); "
-            "raise data.max_length or shorten the prompts")
+            "raise data.max_length or shorten the prompts"
+        )
     if problems:
         raise UserError(problems)
     return pairs

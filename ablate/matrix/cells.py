@@ -76,25 +76,41 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
         ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None]
     ):
         for knobs in getattr(spec.objectives, objective).variants():
-            params = {"objective": objective, "lora_rank": rank, "seed": seed, **knobs,
-                      "lr": lr if lr is not None else spec.train.lr,
-                      "epochs": epochs if epochs is not None else spec.train.epochs}
+            params = {
+                "objective": objective,
+                "lora_rank": rank,
+                "seed": seed,
+                **knobs,
+                "lr": lr if lr is not None else spec.train.lr,
+                "epochs": epochs if epochs is not None else spec.train.epochs,
+            }
             hashed = {k: v for k, v in params.items() if k in AXES or k in objectives.get(objective).knobs}
-            config = CellConfig(hashed, spec.train.recipe(lr=params["lr"], epochs=params["epochs"]),
-                                dict(model_identity), data, __version__)
+            config = CellConfig(
+                hashed,
+                spec.train.recipe(lr=params["lr"], epochs=params["epochs"]),
+                dict(model_identity),
+                data,
+                __version__,
+            )
             cells.append(Cell(config, params, varied))
     return cells
 
 
 def expand(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:
     """The product of the matrix axes (with per-objective knobs), minus exclusions, in a stable order."""
-    return [c for c in _expand_all(spec, model_identity, data_hashes)
-            if not any(matches(c.params, ex) for ex in spec.exclude)]
+    return [
+        c
+        for c in _expand_all(spec, model_identity, data_hashes)
+        if not any(matches(c.params, ex) for ex in spec.exclude)
+    ]
 
 
 def baseline_keys(spec: MatrixSpec) -> dict[str, Any]:
     """`decision.baseline`, or by default the first objective and rank listed."""
-    return dict(spec.decision.baseline) or {"objective": spec.matrix.objective[0], "lora_rank": spec.matrix.lora_rank[0]}
+    return dict(spec.decision.baseline) or {
+        "objective": spec.matrix.objective[0],
+        "lora_rank": spec.matrix.lora_rank[0],
+    }
 
 
 def baseline_cells(cells: list[Cell], spec: MatrixSpec) -> list[Cell]:
@@ -111,7 +127,9 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
         if bad:
             problems.append((("exclude", i, bad[0]), f"unknown keys {bad}; allowed: {', '.join(KEYS)}"))
         elif not ex:
-            problems.append((("exclude", i), f"an empty entry would exclude every cell; give keys among {', '.join(KEYS)}"))
+            problems.append(
+                (("exclude", i), f"an empty entry would exclude every cell; give keys among {', '.join(KEYS)}")
+            )
     base = dict(spec.decision.baseline)
     bad = sorted(set(base) - set(KEYS))
     if bad:
@@ -138,8 +156,11 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
             msg = f"{val!r} is not in matrix.{key} {getattr(spec.matrix, key)}{hint}"
         elif not values:
             owners = sorted({p["objective"] for p in everything if key in p})
-            msg = (f"{key} does not apply to {whose} ({key} belongs to {', '.join(owners)})" if owners
-                   else f"no cell has {key}: no objective in this matrix uses it")
+            msg = (
+                f"{key} does not apply to {whose} ({key} belongs to {', '.join(owners)})"
+                if owners
+                else f"no cell has {key}: no objective in this matrix uses it"
+            )
         else:
             msg = f"{val!r} is not a {key} of {whose}; allowed: {values}{hint}"
         problems.append((("decision", "baseline", key), msg))
@@ -152,15 +173,24 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
     configs = list(dict.fromkeys(c.config_label for c in chosen))
     choices = ", ".join(list(dict.fromkeys(c.config_label for c in kept))[:6])
     if not named:
-        problems.append((("decision", "baseline"),
-                         f"{what} matches no cell of the matrix; choose a baseline among: {choices}"))
+        problems.append(
+            (("decision", "baseline"), f"{what} matches no cell of the matrix; choose a baseline among: {choices}")
+        )
     elif not chosen:
         by = sorted({i for i, ex in enumerate(spec.exclude) for p in named if matches(p, ex)})
-        problems.append((("decision", "baseline"),
-                         f"{what}: {', '.join(f'exclude[{i}]' for i in by)} removes every cell it names; "
-                         f"choose a baseline among the cells that run: {choices}"))
+        problems.append(
+            (
+                ("decision", "baseline"),
+                f"{what}: {', '.join(f'exclude[{i}]' for i in by)} removes every cell it names; "
+                f"choose a baseline among the cells that run: {choices}",
+            )
+        )
     elif len(configs) > 1:
-        problems.append((("decision", "baseline"),
-                         f"{what} matches {len(configs)} configurations ({'; '.join(configs[:6])}); "
-                         "add keys such as beta until it names one"))
+        problems.append(
+            (
+                ("decision", "baseline"),
+                f"{what} matches {len(configs)} configurations ({'; '.join(configs[:6])}); "
+                "add keys such as beta until it names one",
+            )
+        )
     return problems

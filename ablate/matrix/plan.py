@@ -38,8 +38,10 @@ class Plan:
             "name": self.spec.name,
             "decision": self.spec.decision.model_dump(mode="json"),
             "baseline_ids": self.baseline_ids,
-            "cells": [{"id": c.id, "label": c.label, "config": c.config_label, "config_id": c.config_id,
-                       "params": c.params} for c in self.cells],
+            "cells": [
+                {"id": c.id, "label": c.label, "config": c.config_label, "config_id": c.config_id, "params": c.params}
+                for c in self.cells
+            ],
             "model": self.spec.model.model_dump(mode="json"),
             "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
         }
@@ -82,8 +84,13 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
         tok = load_tokenizer(spec.model)
         for split in ("train", "heldout"):
             try:
-                encode(rows[split], tok, spec.data.max_length, spec.data.prompt_budget,
-                       f"{where}: data.{split} ({_source_name(getattr(spec.data, split))})")
+                encode(
+                    rows[split],
+                    tok,
+                    spec.data.max_length,
+                    spec.data.prompt_budget,
+                    f"{where}: data.{split} ({_source_name(getattr(spec.data, split))})",
+                )
             except UserError as e:
                 problems += e.problems
     if problems:

@@ -73,7 +73,9 @@ def _schema_at(loc: tuple) -> dict | None:
         options = [resolve(o) for o in node.get("anyOf", [node])]
         key = "lambda" if part == "lambda_" else part
         nxt = next((o["items"] for o in options if isinstance(part, int) and "items" in o), None) or next(
-            (o["properties"][key] for o in options if not isinstance(part, int) and key in o.get("properties", {})), None)
+            (o["properties"][key] for o in options if not isinstance(part, int) and key in o.get("properties", {})),
+            None,
+        )
         if nxt is None:
             return None
         node = resolve(nxt)
@@ -95,8 +97,12 @@ def _describe(s: dict | None) -> str:
     t = s.get("type")
     if t in ("integer", "number"):
         kind = "an integer" if t == "integer" else "a number"
-        lo = ("[", s["minimum"]) if "minimum" in s else ("(", s["exclusiveMinimum"]) if "exclusiveMinimum" in s else None
-        hi = (s["maximum"], "]") if "maximum" in s else (s["exclusiveMaximum"], ")") if "exclusiveMaximum" in s else None
+        lo = (
+            ("[", s["minimum"]) if "minimum" in s else ("(", s["exclusiveMinimum"]) if "exclusiveMinimum" in s else None
+        )
+        hi = (
+            (s["maximum"], "]") if "maximum" in s else (s["exclusiveMaximum"], ")") if "exclusiveMaximum" in s else None
+        )
         if lo and hi:
             return f"{kind} in {lo[0]}{lo[1]:g}, {hi[0]:g}{hi[1]}"
         if lo:
@@ -119,9 +125,22 @@ def _describe(s: dict | None) -> str:
 
 
 # Errors whose pydantic text does not say what is allowed; ablate adds it from the field's schema.
-_ADD_ALLOWED = {"missing", "int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "bool_parsing",
-                "bool_type", "string_type", "list_type", "dict_type", "model_type", "model_attributes_type",
-                "finite_number"}
+_ADD_ALLOWED = {
+    "missing",
+    "int_parsing",
+    "int_type",
+    "int_from_float",
+    "float_parsing",
+    "float_type",
+    "bool_parsing",
+    "bool_type",
+    "string_type",
+    "list_type",
+    "dict_type",
+    "model_type",
+    "model_attributes_type",
+    "finite_number",
+}
 
 
 def _name(loc: tuple) -> str:
@@ -188,8 +207,10 @@ def _duplicate_keys(node: yaml.Node | None, source: str, path: tuple = ()) -> li
             key = k.value if isinstance(k, yaml.ScalarNode) else None
             if key is not None and key != "<<" and key in seen:
                 field = ".".join(map(str, (*path, key)))
-                out.append(f"{source}:{k.start_mark.line + 1}: {field}: duplicate key (first at line {seen[key]}); "
-                           "each key may appear once in a mapping")
+                out.append(
+                    f"{source}:{k.start_mark.line + 1}: {field}: duplicate key (first at line {seen[key]}); "
+                    "each key may appear once in a mapping"
+                )
             elif key is not None:
                 seen[key] = k.start_mark.line + 1
             out += _duplicate_keys(v, source, (*path, key))
@@ -207,13 +228,21 @@ def parse_matrix(text: str, source: str = "<matrix>") -> MatrixSpec:
         line = e.problem_mark.line + 1 if e.problem_mark else "?"
         tag = re.search(r"tag:yaml\.org,2002:(\S+?)'", str(e.problem))
         tag = f"!!{tag.group(1)}" if tag else "here"
-        raise UserError([f"{source}:{line}: YAML tag {tag} is not allowed; ablate reads plain YAML only "
-                           "(mappings, lists, strings, numbers, true/false, null)"]) from None
+        raise UserError(
+            [
+                f"{source}:{line}: YAML tag {tag} is not allowed; ablate reads plain YAML only "
+                "(mappings, lists, strings, numbers, true/false, null)"
+            ]
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise UserError([f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}; a matrix is a YAML mapping "
-                           "(name, model, data, matrix, ...) in plain block or flow style"]) from None
+        raise UserError(
+            [
+                f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}; a matrix is a YAML mapping "
+                "(name, model, data, matrix, ...) in plain block or flow style"
+            ]
+        ) from None
     if not isinstance(data, dict):
         got = "empty" if data is None else f"a {type(data).__name__}"
         raise UserError([f"{source}: a matrix must be a YAML mapping with name, model, data, matrix, ... (got {got})"])

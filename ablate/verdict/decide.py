@@ -80,11 +80,13 @@ def bootstrap_diff(base: np.ndarray, chal: np.ndarray, level: float, n_boot: int
     rng = np.random.default_rng(seed)
     n = base.shape[0]
     idx = rng.integers(0, n, size=(n_boot, n))
+
     def resample(x):
         if x.shape[1] == 1:
             return x[idx, 0].mean(axis=1)
         s = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
         return np.stack([x[idx[b]][:, s[b]].mean() for b in range(n_boot)])
+
     diffs = resample(chal) - resample(base)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
     p = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
@@ -101,8 +103,14 @@ def minimum_detectable_effect(d: np.ndarray, alpha: float, power: float = 0.8, b
     return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * sd / np.sqrt(max(n, 1)))
 
 
-def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact", alpha: float = 0.05,
-           tolerance_pairs: int | None = None, logs: dict | None = None) -> Decision:
+def decide(
+    cells: pd.DataFrame,
+    pairs: pd.DataFrame,
+    rule: str = "paired_exact",
+    alpha: float = 0.05,
+    tolerance_pairs: int | None = None,
+    logs: dict | None = None,
+) -> Decision:
     """Pick the winner from the two Parquet tables. `logs` maps cell id → (train_log, eval_log)
     DataFrames; the seed rule needs them to judge margins (see diagnostics.margin_retention)."""
     if rule not in ("paired_exact", "paired_bootstrap", "seed_rule"):
@@ -115,8 +123,9 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
     base_obj = base_rows["objective"].iloc[0]
     base_out = _outcomes(pairs, list(base_rows["cell_id"]))
     n_pairs, n_seeds = base_out.shape
-    retention = {cid: margin_retention(*(logs or {}).get(cid, (pd.DataFrame(), pd.DataFrame())))
-                 for cid in done["cell_id"]}
+    retention = {
+        cid: margin_retention(*(logs or {}).get(cid, (pd.DataFrame(), pd.DataFrame()))) for cid in done["cell_id"]
+    }
 
     rows = []
     for cfg, g in done.groupby("config", sort=False):
@@ -124,17 +133,26 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
         if out.shape[0] != n_pairs:
             raise ValueError(f"{cfg} was evaluated on {out.shape[0]} held-out pairs, the baseline on {n_pairs}")
         d = out.mean(axis=1) - base_out.mean(axis=1)
-        rows.append({
-            "config": cfg, "objective": g["objective"].iloc[0], "lora_rank": int(g["lora_rank"].iloc[0]),
-            "trainable_params": int(g["trainable_params"].iloc[0]), "is_baseline": cfg == base_cfg,
-            "seeds": out.shape[1], "accuracy": float(out.mean()),
-            "accuracy_seed_sd": float(out.mean(axis=0).std(ddof=1)) if out.shape[1] > 1 else 0.0,
-            "correct": float(out.sum(axis=0).mean()), "diff_pairs": float(d.sum()),
-            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
-            "mde": minimum_detectable_effect(d, alpha, base_acc=float(base_out.mean())),
-            "retention": _nanmean([retention[c] for c in g["cell_id"]]),
-            "_d": d, "_out": out,
-        })
+        rows.append(
+            {
+                "config": cfg,
+                "objective": g["objective"].iloc[0],
+                "lora_rank": int(g["lora_rank"].iloc[0]),
+                "trainable_params": int(g["trainable_params"].iloc[0]),
+                "is_baseline": cfg == base_cfg,
+                "seeds": out.shape[1],
+                "accuracy": float(out.mean()),
+                "accuracy_seed_sd": float(out.mean(axis=0).std(ddof=1)) if out.shape[1] > 1 else 0.0,
+                "correct": float(out.sum(axis=0).mean()),
+                "diff_pairs": float(d.sum()),
+                "wins": int((d > 0).sum()),
+                "losses": int((d < 0).sum()),
+                "mde": minimum_detectable_effect(d, alpha, base_acc=float(base_out.mean())),
+                "retention": _nanmean([retention[c] for c in g["cell_id"]]),
+                "_d": d,
+                "_out": out,
+            }
+        )
     table = pd.DataFrame(rows)
     chal = ~table["is_baseline"]
     m = int(chal.sum())
@@ -168,26 +186,33 @@ def decide(cells: pd.DataFrame, pairs: pd.DataFrame, rule: str = "paired_exact",
         best_i = cands["diff_pairs"].idxmax()
         if tolerance_pairs is None:
             bd = table.at[best_i, "_d"]
+
             def similar(i):
                 gap = bd - table.at[i, "_d"]
                 return sign_test_p(int((gap > 0).sum()), int((gap < 0).sum())) >= alpha
+
             near = cands[[similar(i) for i in cands.index]].copy()
         else:
             near = cands[cands["diff_pairs"] >= cands.at[best_i, "diff_pairs"] - tolerance_pairs].copy()
         near["_not_base_obj"] = near["objective"] != base_obj
-        near = near.sort_values(["_not_base_obj", "lora_rank", "trainable_params", "diff_pairs"],
-                                ascending=[True, True, True, False])
+        near = near.sort_values(
+            ["_not_base_obj", "lora_rank", "trainable_params", "diff_pairs"], ascending=[True, True, True, False]
+        )
         winner, switch = near["config"].iloc[0], True
         if len(near) > 1:
             how = "indistinguishable from" if tolerance_pairs is None else f"within {tolerance_pairs} pair(s) of"
-            notes.append(f"{len(near)} challengers {how} the best; parsimony chose "
-                         f"{winner} (baseline objective first, then lower rank, then fewer trainable parameters)")
+            notes.append(
+                f"{len(near)} challengers {how} the best; parsimony chose "
+                f"{winner} (baseline objective first, then lower rank, then fewer trainable parameters)"
+            )
     table = table.drop(columns=["_d", "_out"])
     mde = float(table.loc[chal, "mde"].max()) if m else float("nan")
     reason = _reason(table, base_cfg, winner, switch, rule, alpha, n_pairs)
     if rule == "seed_rule":
-        notes.append(f"the seed rule's false-switch rate between truly equal cells is {SEED_RULE_FALSE_SWITCH}; "
-                     "use paired_exact for a decision that is wrong at most α of the time")
+        notes.append(
+            f"the seed rule's false-switch rate between truly equal cells is {SEED_RULE_FALSE_SWITCH}; "
+            "use paired_exact for a decision that is wrong at most α of the time"
+        )
     return Decision(rule, alpha, base_cfg, winner, switch, reason, table, mde, n_pairs, n_seeds, notes)
 
 
@@ -195,21 +220,33 @@ def _reason(table: pd.DataFrame, base: str, winner: str, switch: bool, rule: str
     if switch:
         w = table[table["config"] == winner].iloc[0]
         m = int((~table["is_baseline"]).sum())
-        ev = (f"{1 - alpha / m:.1%} interval on the accuracy difference [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}]"
-              if rule == "paired_bootstrap"
-              else f"p = {w['p_adjusted']:.2g} after Holm" if rule == "paired_exact" else "the seed rule")
-        return (f"Switch from {base} to {winner}: it gets {w['diff_pairs']:.0f} more of {n} held-out pairs right "
-                f"({w['wins']} won, {w['losses']} lost; {ev}).")
+        ev = (
+            f"{1 - alpha / m:.1%} interval on the accuracy difference [{w['ci_low']:+.3f}, {w['ci_high']:+.3f}]"
+            if rule == "paired_bootstrap"
+            else f"p = {w['p_adjusted']:.2g} after Holm"
+            if rule == "paired_exact"
+            else "the seed rule"
+        )
+        return (
+            f"Switch from {base} to {winner}: it gets {w['diff_pairs']:.0f} more of {n} held-out pairs right "
+            f"({w['wins']} won, {w['losses']} lost; {ev})."
+        )
     ch = table[~table["is_baseline"]]
     if ch.empty:
         return f"Keep {base}: there is no challenger to compare."
     top = ch.sort_values("diff_pairs", ascending=False).iloc[0]
     gap = top["diff_pairs"] / n
     if gap > 0 and abs(gap) < top["mde"]:
-        return (f"Keep {base}: the best challenger, {top['config']}, is {top['diff_pairs']:+.0f} of {n} pairs "
-                f"({gap:+.1%}), below the {top['mde']:.1%} this held-out set can detect — no decision possible "
-                "at this size.")
+        return (
+            f"Keep {base}: the best challenger, {top['config']}, is {top['diff_pairs']:+.0f} of {n} pairs "
+            f"({gap:+.1%}), below the {top['mde']:.1%} this held-out set can detect — no decision possible "
+            "at this size."
+        )
     if gap > 0:
-        return (f"Keep {base}: the best challenger, {top['config']}, is {top['diff_pairs']:+.0f} of {n} pairs "
-                f"but not significant under {rule} at α = {alpha}.")
-    return f"Keep {base}: no challenger gets more held-out pairs right (best: {top['config']}, {top['diff_pairs']:+.0f})."
+        return (
+            f"Keep {base}: the best challenger, {top['config']}, is {top['diff_pairs']:+.0f} of {n} pairs "
+            f"but not significant under {rule} at α = {alpha}."
+        )
+    return (
+        f"Keep {base}: no challenger gets more held-out pairs right (best: {top['config']}, {top['diff_pairs']:+.0f})."
+    )

@@ -79,6 +79,8 @@ def length_summary(pairs: pd.DataFrame) -> dict:
     one = pairs.drop_duplicates("pair")
     d = one["chosen_len"] - one["rejected_len"]
     return {
-        "chosen_median": float(one["chosen_len"].median()), "rejected_median": float(one["rejected_len"].median()),
-        "share_chosen_longer": float((d > 0).mean()), "share_chosen_shorter": float((d < 0).mean()),
+        "chosen_median": float(one["chosen_len"].median()),
+        "rejected_median": float(one["rejected_len"].median()),
+        "share_chosen_longer": float((d > 0).mean()),
+        "share_chosen_shorter": float((d < 0).mean()),
     }

@@ -41,11 +41,21 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
         ax.set_ylabel("reward margin (cell's own units)")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    handles = [plt.Line2D([], [], color="tab:blue"), plt.Line2D([], [], color="tab:orange", marker="o"),
-               plt.Line2D([], [], color="tab:green", marker="s", ls="--")]
-    fig.legend(handles, ["training margin", "held-out margin", "held-out accuracy (right axis)"],
-               loc="lower center", ncol=3, frameon=False)
-    fig.suptitle("Training vs held-out margins: a training margin that climbs while held-out stays flat is overoptimization")
+    handles = [
+        plt.Line2D([], [], color="tab:blue"),
+        plt.Line2D([], [], color="tab:orange", marker="o"),
+        plt.Line2D([], [], color="tab:green", marker="s", ls="--"),
+    ]
+    fig.legend(
+        handles,
+        ["training margin", "held-out margin", "held-out accuracy (right axis)"],
+        loc="lower center",
+        ncol=3,
+        frameon=False,
+    )
+    fig.suptitle(
+        "Training vs held-out margins: a training margin that climbs while held-out stays flat is overoptimization"
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     out.append(_save(fig, results, "margins.png"))
 
@@ -79,8 +89,10 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
         for cid, q in quart.iterrows():
             ax.plot(["Q1", "Q2", "Q3", "Q4"], q[["Q1", "Q2", "Q3", "Q4"]].to_numpy(float), "o-", label=names[cid])
         ax.set_ylim(0, 1.05)
-        ax.set_xlabel("quartile of (chosen − rejected) length in tokens\n"
-                      "Q1 = chosen shortest relative to rejected → Q4 = chosen longest")
+        ax.set_xlabel(
+            "quartile of (chosen − rejected) length in tokens\n"
+            "Q1 = chosen shortest relative to rejected → Q4 = chosen longest"
+        )
         ax.set_ylabel("held-out accuracy")
         ax.set_title("Accuracy by length difference (flat = length-robust)")
         ax.legend(fontsize=8)

@@ -17,8 +17,18 @@ from ..results.storage import Store, as_store, read_plan
 from .decide import Decision, decide
 from .diagnostics import length_bias, length_quartiles, length_summary, overoptimization
 
-COLUMNS = ["#", "cell", "held-out acc", "correct", "vs baseline", "p (adj)", "held-out margin",
-           "train margin first→last", "retention", "flags"]
+COLUMNS = [
+    "#",
+    "cell",
+    "held-out acc",
+    "correct",
+    "vs baseline",
+    "p (adj)",
+    "held-out margin",
+    "train margin first→last",
+    "retention",
+    "flags",
+]
 
 
 @dataclass
@@ -37,8 +47,13 @@ def _fmt(x, spec=".3f", none="–"):
     return none if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
 
-def build_report(results: str | Path | Store, rule: str | None = None, alpha: float | None = None,
-                 write: bool = True, plots: bool = True) -> Report:
+def build_report(
+    results: str | Path | Store,
+    rule: str | None = None,
+    alpha: float | None = None,
+    write: bool = True,
+    plots: bool = True,
+) -> Report:
     results = as_store(results)
     plan = read_plan(results)
     cells, pairs = collect(results, write=write)
@@ -77,37 +92,51 @@ def build_report(results: str | Path | Store, rule: str | None = None, alpha: fl
         elif r["status"] != "done":
             flags.append(r["status"])
         is_done = r["status"] == "done"
-        rows.append({
-            "#": str(rank) if is_done else "",
-            "cell": r["label"], "status": r["status"],
-            "held-out acc": _fmt(r["heldout_accuracy"]),
-            "correct": f"{r['heldout_correct']}/{r['heldout_pairs']}" if is_done else "–",
-            "vs baseline": "–" if c is None or c["is_baseline"] else f"{c['diff_pairs']:+.0f} ({c['wins']}↑ {c['losses']}↓)",
-            "p (adj)": "–" if c is None or c["is_baseline"] else _fmt(c["p_adjusted"], ".3g"),
-            "held-out margin": _fmt(r["heldout_margin"]),
-            "train margin first→last": f"{_fmt(r['train_margin_first'])} → {_fmt(r['train_margin_last'])}" if is_done else "–",
-            "retention": _fmt(c["retention"], ".2f") if c is not None else "–",
-            "flags": ", ".join(flags),
-        })
+        rows.append(
+            {
+                "#": str(rank) if is_done else "",
+                "cell": r["label"],
+                "status": r["status"],
+                "held-out acc": _fmt(r["heldout_accuracy"]),
+                "correct": f"{r['heldout_correct']}/{r['heldout_pairs']}" if is_done else "–",
+                "vs baseline": "–"
+                if c is None or c["is_baseline"]
+                else f"{c['diff_pairs']:+.0f} ({c['wins']}↑ {c['losses']}↓)",
+                "p (adj)": "–" if c is None or c["is_baseline"] else _fmt(c["p_adjusted"], ".3g"),
+                "held-out margin": _fmt(r["heldout_margin"]),
+                "train margin first→last": f"{_fmt(r['train_margin_first'])} → {_fmt(r['train_margin_last'])}"
+                if is_done
+                else "–",
+                "retention": _fmt(c["retention"], ".2f") if c is not None else "–",
+                "flags": ", ".join(flags),
+            }
+        )
 
     if decision:
         lines.insert(0, decision.reason)
-        lines.append(f"Rule: {rule} (α = {alpha}); {decision.heldout_pairs} held-out pairs × {decision.seeds} seed(s). "
-                     f"Smallest difference detectable at 80% power: {decision.mde:.1%} accuracy "
-                     f"(≈ {decision.mde * decision.heldout_pairs:.0f} pairs).")
+        lines.append(
+            f"Rule: {rule} (α = {alpha}); {decision.heldout_pairs} held-out pairs × {decision.seeds} seed(s). "
+            f"Smallest difference detectable at 80% power: {decision.mde:.1%} accuracy "
+            f"(≈ {decision.mde * decision.heldout_pairs:.0f} pairs)."
+        )
         lines += decision.notes
         if decision.seeds > 1:
-            spread = "; ".join(f"{r.config} {r.accuracy:.3f} ± {r.accuracy_seed_sd:.3f}"
-                               for r in decision.comparisons.itertuples())
+            spread = "; ".join(
+                f"{r.config} {r.accuracy:.3f} ± {r.accuracy_seed_sd:.3f}" for r in decision.comparisons.itertuples()
+            )
             lines.append(f"Held-out accuracy across {decision.seeds} seeds (mean ± sd): {spread}.")
     ls = length_summary(pairs)
     if ls:
-        lines.append(f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "
-                     f"{ls['rejected_median']:.0f}; chosen is longer in {ls['share_chosen_longer']:.0%} of pairs.")
+        lines.append(
+            f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "
+            f"{ls['rejected_median']:.0f}; chosen is longer in {ls['share_chosen_longer']:.0%} of pairs."
+        )
     n_over = sum(v["flag"] for v in over.values())
     if n_over:
-        lines.append(f"{n_over} cell(s) overoptimized: training margin kept rising in the second half while held-out "
-                     "accuracy did not (retention = held-out margin / training margin; lower is worse).")
+        lines.append(
+            f"{n_over} cell(s) overoptimized: training margin kept rising in the second half while held-out "
+            "accuracy did not (retention = held-out margin / training margin; lower is worse)."
+        )
     pending = (cells["status"] != "done").sum()
     if pending:
         lines.append(f"{pending} cell(s) not done; `ablate resume` runs only those.")
@@ -126,14 +155,26 @@ def build_report(results: str | Path | Store, rule: str | None = None, alpha: fl
 def _markdown(name, rows, lines, quart, cells, png) -> str:
     out = [f"# ablate report: {name}", "", f"**{lines[0]}**" if lines else "", ""]
     out += [f"- {line}" for line in lines[1:]]
-    out += ["", "## Cells, ranked by held-out accuracy", "", "| " + " | ".join(COLUMNS) + " |",
-            "|" + "---|" * len(COLUMNS)]
+    out += [
+        "",
+        "## Cells, ranked by held-out accuracy",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     out += ["| " + " | ".join(r[c].replace("|", "/") for c in COLUMNS) + " |" for r in rows]
     if not quart.empty:
         labels = cells.set_index("cell_id")["label"]
-        out += ["", "## Held-out accuracy by length quartile", "",
-                "Quartiles of (chosen − rejected) length in tokens: Q1 = chosen shortest relative to rejected, Q4 = longest.",
-                "", "| cell | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|"]
+        out += [
+            "",
+            "## Held-out accuracy by length quartile",
+            "",
+            "Quartiles of (chosen − rejected) length in tokens: "
+            "Q1 = chosen shortest relative to rejected, Q4 = longest.",
+            "",
+            "| cell | Q1 | Q2 | Q3 | Q4 |",
+            "|---|---|---|---|---|",
+        ]
         for cid, q in quart.iterrows():
             out.append(f"| {labels[cid]} | " + " | ".join(_fmt(q[k], ".2f") for k in ["Q1", "Q2", "Q3", "Q4"]) + " |")
     if png:
@@ -150,8 +191,11 @@ def print_report(rep: Report, console=None) -> None:
         console.width = 140
     table = Table(title=f"ablate · {rep.name}", title_justify="left")
     for c in COLUMNS:
-        table.add_column(c, justify="right" if c in ("#", "held-out acc", "correct", "p (adj)", "retention") else "left",
-                         overflow="fold")
+        table.add_column(
+            c,
+            justify="right" if c in ("#", "held-out acc", "correct", "p (adj)", "retention") else "left",
+            overflow="fold",
+        )
     for r in rep.rows:
         style = "bold green" if "WINNER" in r["flags"] else ("red" if r["status"] == "failed" else None)
         table.add_row(*(r[c] for c in COLUMNS), style=style)

@@ -13,8 +13,9 @@ import json
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -49,8 +50,9 @@ def halving_on_oom(attempt: Callable[[int], T], size: int, max_halvings: int) ->
             _free_memory()
 
 
-def shared_reference(results: str, cell: CellConfig, model_spec: ModelSpec, train_rows, heldout_rows,
-                     runtime: Runtime) -> dict:
+def shared_reference(
+    results: str, cell: CellConfig, model_spec: ModelSpec, train_rows, heldout_rows, runtime: Runtime
+) -> dict:
     """The reference log-probs for the cell's reference key, computed once per matrix and kept in refcache/."""
     store = Store(results)
     rel = f"refcache/{cell.reference_key(runtime)}.pt"
@@ -59,9 +61,11 @@ def shared_reference(results: str, cell: CellConfig, model_spec: ModelSpec, trai
     except FileNotFoundError:
         pass
     # An OOM here would fail every cell that needs it: retry at half the batch, down to 1.
-    ref, _, _ = halving_on_oom(lambda bs: reference_logps(cell, model_spec, train_rows, heldout_rows,
-                                                          runtime.with_(eval_batch_size=bs)),
-                               runtime.eval_batch_size or cell.train.eval_batch_size, max_halvings=64)
+    ref, _, _ = halving_on_oom(
+        lambda bs: reference_logps(cell, model_spec, train_rows, heldout_rows, runtime.with_(eval_batch_size=bs)),
+        runtime.eval_batch_size or cell.train.eval_batch_size,
+        max_halvings=64,
+    )
     buf = io.BytesIO()
     torch.save(ref, buf)
     store.write_bytes(rel, buf.getvalue())
@@ -139,9 +143,18 @@ class _Hooks:
         self.faults.after_step(state.step, recipe.cell.objective, self.resumed)
 
 
-def train_and_stage(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout_rows, runtime: Runtime,
-                    staging: Path, micro: int, ref: dict | None, checkpoint: Checkpointer, beat: Heartbeat
-                    ) -> CellResult:
+def train_and_stage(
+    cell: CellConfig,
+    model_spec: ModelSpec,
+    train_rows,
+    heldout_rows,
+    runtime: Runtime,
+    staging: Path,
+    micro: int,
+    ref: dict | None,
+    checkpoint: Checkpointer,
+    beat: Heartbeat,
+) -> CellResult:
     """Set up, train (from the last checkpoint if there is one) and evaluate; write the cell's files to staging."""
     recipe = Recipe(cell, model_spec, runtime, micro_batch=micro).setup(train_rows, heldout_rows, ref)
     state = checkpoint.restore(recipe)
@@ -155,8 +168,15 @@ def train_and_stage(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout
     return result
 
 
-def run_cell(cell: CellConfig, model_spec: ModelSpec, train_rows: list[dict], heldout_rows: list[dict],
-             results: str, runtime: Runtime | None = None, ref: dict | None = None) -> dict:
+def run_cell(
+    cell: CellConfig,
+    model_spec: ModelSpec,
+    train_rows: list[dict],
+    heldout_rows: list[dict],
+    results: str,
+    runtime: Runtime | None = None,
+    ref: dict | None = None,
+) -> dict:
     """Train one cell and publish it; on an exception, publish the failure with its traceback.
 
     Returns the cell.json content. A CUDA out-of-memory error retries the cell at half the micro-batch and
@@ -165,9 +185,16 @@ def run_cell(cell: CellConfig, model_spec: ModelSpec, train_rows: list[dict], he
     runtime = runtime or Runtime()
     store, cell_id, t = Store(results), cell.id, cell.train
     node = _node_id()
-    cell_json = {"id": cell_id, "params": cell.params, "config": cell.to_json(),
-                 "model_spec": model_spec.model_dump(mode="json"), "status": "running",
-                 "torch_version": torch.__version__, "node_id": node, "started_at": time.time()}
+    cell_json = {
+        "id": cell_id,
+        "params": cell.params,
+        "config": cell.to_json(),
+        "model_spec": model_spec.model_dump(mode="json"),
+        "status": "running",
+        "torch_version": torch.__version__,
+        "node_id": node,
+        "started_at": time.time(),
+    }
     beat = Heartbeat(store, cell_id, {**storage.host_info(), "node_id": node, "started": time.time()}).start()
     ckpt = Checkpointer(store, cell_id, runtime.checkpoint_every_steps)
     staged: list[Path] = []
@@ -177,8 +204,18 @@ def run_cell(cell: CellConfig, model_spec: ModelSpec, train_rows: list[dict], he
         staged.append(staging)
         eval_bs = max(1, (runtime.eval_batch_size or t.eval_batch_size) >> (len(staged) - 1))  # halved with micro
         try:
-            return train_and_stage(cell, model_spec, train_rows, heldout_rows, runtime.with_(eval_batch_size=eval_bs),
-                                   staging, micro, ref, ckpt, beat)
+            return train_and_stage(
+                cell,
+                model_spec,
+                train_rows,
+                heldout_rows,
+                runtime.with_(eval_batch_size=eval_bs),
+                staging,
+                micro,
+                ref,
+                ckpt,
+                beat,
+            )
         except BaseException:
             _discard(staging)
             raise
@@ -187,16 +224,21 @@ def run_cell(cell: CellConfig, model_spec: ModelSpec, train_rows: list[dict], he
         try:
             result, micro, ooms = halving_on_oom(attempt, t.batch_size // t.grad_accum, runtime.max_oom_retries)
         except OutOfMemory as e:
-            cell_json.update(status="failed", error_type="OutOfMemoryError", oom_retries=e.halvings,
-                             micro_batch=e.size,
-                             error=f"out of GPU memory at micro-batch {e.size} after {e.halvings} halving(s) "
-                                   f"(batch_size {t.batch_size}); lower data.max_length or "
-                                   "train.batch_size, set train.gradient_checkpointing, or ask for more GPU")
+            cell_json.update(
+                status="failed",
+                error_type="OutOfMemoryError",
+                oom_retries=e.halvings,
+                micro_batch=e.size,
+                error=f"out of GPU memory at micro-batch {e.size} after {e.halvings} halving(s) "
+                f"(batch_size {t.batch_size}); lower data.max_length or "
+                "train.batch_size, set train.gradient_checkpointing, or ask for more GPU",
+            )
             storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
             return cell_json
         except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
-            cell_json.update(status="failed", error_type=type(e).__name__,
-                             error=str(e).splitlines()[0] if str(e) else "")
+            cell_json.update(
+                status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else ""
+            )
             storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
             return cell_json
         staging = staged[-1]

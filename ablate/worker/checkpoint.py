@@ -30,8 +30,12 @@ class Checkpointer:
             "adapter": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": recipe.opt.state_dict(),
             "scheduler": recipe.sched.state_dict(),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state(), "data": recipe.gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "python": random.getstate(),
+                "torch": torch.get_rng_state(),
+                "data": recipe.gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "state": state.state_dict(),
         }
         buf = io.BytesIO()

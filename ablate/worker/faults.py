@@ -24,8 +24,9 @@ class Faults:
         env = os.environ
         target, _, at = env.get("ABLATE_TEST_RAISE_AT", "").partition("@")
         num = lambda k: int(env[k]) if env.get(k) else None  # noqa: E731
-        return cls(num("ABLATE_TEST_KILL_AT_STEP"), target or None, int(at) if at else None,
-                   num("ABLATE_TEST_OOM_ABOVE"))
+        return cls(
+            num("ABLATE_TEST_KILL_AT_STEP"), target or None, int(at) if at else None, num("ABLATE_TEST_OOM_ABOVE")
+        )
 
     def before_batch(self, micro: int) -> None:
         if self.oom_above is not None and micro > self.oom_above:
@@ -38,4 +39,3 @@ class Faults:
             os._exit(137)
         if objective == self.raise_objective and step == self.raise_at_step:
             raise ValueError(f"simulated bad batch at step {step} (ABLATE_TEST_RAISE_AT)")
-

@@ -24,26 +24,37 @@ HEAD_CHUNK = 2048  # completion tokens per LM-head + log-softmax chunk
 
 @dataclass
 class Batch:
-    input_ids: torch.Tensor        # [rows, L]
-    position_ids: torch.Tensor     # [rows, L]
-    attention_mask: torch.Tensor   # [rows, L] padding mask, or [rows, 1, L, L] bool (True = may attend)
-    pred: torch.Tensor             # [N] flat index (row * L + t) of the hidden state that predicts each scored token
-    target: torch.Tensor           # [N] the scored token ids
-    seq: torch.Tensor              # [N] which output each token belongs to: 0..B-1 chosen, B..2B-1 rejected
-    index: list[int]               # pair indices
-    tokens: int                    # tokens as an unshared [prompt, completion] layout would count them
+    input_ids: torch.Tensor  # [rows, L]
+    position_ids: torch.Tensor  # [rows, L]
+    attention_mask: torch.Tensor  # [rows, L] padding mask, or [rows, 1, L, L] bool (True = may attend)
+    pred: torch.Tensor  # [N] flat index (row * L + t) of the hidden state that predicts each scored token
+    target: torch.Tensor  # [N] the scored token ids
+    seq: torch.Tensor  # [N] which output each token belongs to: 0..B-1 chosen, B..2B-1 rejected
+    index: list[int]  # pair indices
+    tokens: int  # tokens as an unshared [prompt, completion] layout would count them
 
     def to(self, device) -> Batch:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.position_ids), move(self.attention_mask), move(self.pred),
-                     move(self.target), move(self.seq), self.index, self.tokens)
+        return Batch(
+            move(self.input_ids),
+            move(self.position_ids),
+            move(self.attention_mask),
+            move(self.pred),
+            move(self.target),
+            move(self.seq),
+            self.index,
+            self.tokens,
+        )
 
 
 def collate(pairs: list[Pair], index: list[int], pad_id: int, share_prompt: bool = True) -> Batch:
     B = len(index)
-    rows = ([[(pairs[i].prompt, 0), (pairs[i].chosen, 1), (pairs[i].rejected, 2)] for i in index] if share_prompt
-            else [[(pairs[i].prompt, 0), (pairs[i].chosen, 1)] for i in index]
-            + [[(pairs[i].prompt, 0), (pairs[i].rejected, 2)] for i in index])
+    rows = (
+        [[(pairs[i].prompt, 0), (pairs[i].chosen, 1), (pairs[i].rejected, 2)] for i in index]
+        if share_prompt
+        else [[(pairs[i].prompt, 0), (pairs[i].chosen, 1)] for i in index]
+        + [[(pairs[i].prompt, 0), (pairs[i].rejected, 2)] for i in index]
+    )
     L = max(sum(len(part) for part, _ in row) for row in rows)
     ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), L), dtype=torch.long)
@@ -82,8 +93,10 @@ def collate(pairs: list[Pair], index: list[int], pad_id: int, share_prompt: bool
 def _plain_head(hf) -> bool:
     """True when logits are just lm_head(last hidden state): no soft-capping or scaling after the head."""
     cfg = hf.config
-    extra = any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("final_logit_softcapping", "logit_scale",
-                                                                       "logits_scaling", "output_multiplier_scale"))
+    extra = any(
+        getattr(cfg, k, None) not in (None, 1, 1.0)
+        for k in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+    )
     return not extra and hf.get_output_embeddings() is not None and hasattr(hf, hf.base_model_prefix)
 
 
@@ -104,14 +117,20 @@ class Forward:
     def __call__(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sum [2B], mean [2B], scored tokens [2B]): chosen outputs first, then rejected."""
         if self.fast:
-            h = self.run_backbone(input_ids=b.input_ids, attention_mask=self._mask(b), position_ids=b.position_ids,
-                                  use_cache=False).last_hidden_state
+            h = self.run_backbone(
+                input_ids=b.input_ids, attention_mask=self._mask(b), position_ids=b.position_ids, use_cache=False
+            ).last_hidden_state
             h = h.reshape(-1, h.shape[-1])[b.pred]
-            lp = torch.cat([self._logp(self.head(h[s : s + HEAD_CHUNK]), b.target[s : s + HEAD_CHUNK])
-                            for s in range(0, len(b.pred), HEAD_CHUNK)])
+            lp = torch.cat(
+                [
+                    self._logp(self.head(h[s : s + HEAD_CHUNK]), b.target[s : s + HEAD_CHUNK])
+                    for s in range(0, len(b.pred), HEAD_CHUNK)
+                ]
+            )
         else:
-            logits = self.run_model(input_ids=b.input_ids, attention_mask=self._mask(b), position_ids=b.position_ids,
-                                    use_cache=False).logits
+            logits = self.run_model(
+                input_ids=b.input_ids, attention_mask=self._mask(b), position_ids=b.position_ids, use_cache=False
+            ).logits
             lp = self._logp(logits.reshape(-1, logits.shape[-1])[b.pred], b.target)
         n_out = 2 * len(b.index)
         total = torch.zeros(n_out, dtype=lp.dtype, device=lp.device).index_add(0, b.seq, lp)
@@ -124,7 +143,8 @@ class Forward:
         # An additive mask in the model's dtype works for both the sdpa and the eager attention.
         dtype = self.model.get_input_embeddings().weight.dtype
         return torch.zeros(b.attention_mask.shape, dtype=dtype, device=b.attention_mask.device).masked_fill(
-            ~b.attention_mask, torch.finfo(dtype).min)
+            ~b.attention_mask, torch.finfo(dtype).min
+        )
 
     @staticmethod
     def _logp(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

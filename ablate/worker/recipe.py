@@ -84,8 +84,9 @@ def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict
 
 
 @torch.no_grad()
-def all_logps(fwd: Forward, pairs: list[Pair], batch_size: int, pad_id: int, device, share: bool
-              ) -> dict[str, torch.Tensor]:
+def all_logps(
+    fwd: Forward, pairs: list[Pair], batch_size: int, pad_id: int, device, share: bool
+) -> dict[str, torch.Tensor]:
     """Summed/averaged log-probs and lengths of every pair (eval mode); with the adapter disabled this is
     the reference, computed once instead of once per step."""
     cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("c_sum", "r_sum", "c_avg", "r_avg", "c_len", "r_len")}
@@ -143,10 +144,13 @@ def _metrics(prefix: str, s: _Stats, scoring: str) -> dict[str, float]:
 
 def _cat(stats: list[_Stats]) -> _Stats:
     cat = torch.cat
-    return _Stats(cat([s.loss for s in stats]), cat([s.chosen_reward for s in stats]),
-                  cat([s.rejected_reward for s in stats]),
-                  LogProbs(cat([s.chosen.sum for s in stats]), cat([s.chosen.avg for s in stats])),
-                  LogProbs(cat([s.rejected.sum for s in stats]), cat([s.rejected.avg for s in stats])))
+    return _Stats(
+        cat([s.loss for s in stats]),
+        cat([s.chosen_reward for s in stats]),
+        cat([s.rejected_reward for s in stats]),
+        LogProbs(cat([s.chosen.sum for s in stats]), cat([s.chosen.avg for s in stats])),
+        LogProbs(cat([s.rejected.sum for s in stats]), cat([s.rejected.avg for s in stats])),
+    )
 
 
 def peak_memory_mb(device) -> float:
@@ -177,13 +181,20 @@ class Recipe:
         torch.manual_seed(cell.seed)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # a Ray worker may train several cells: peak per cell
-        tok, pairs, model = load_base(self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows},
-                                      cell.data)
+        tok, pairs, model = load_base(
+            self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data
+        )
         self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
-        model = get_peft_model(model, LoraConfig(
-            r=cell.rank, lora_alpha=t.lora.alpha_over_rank * cell.rank, lora_dropout=t.lora.dropout,
-            target_modules=list(t.lora.targets), task_type="CAUSAL_LM",
-        ))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cell.rank,
+                lora_alpha=t.lora.alpha_over_rank * cell.rank,
+                lora_dropout=t.lora.dropout,
+                target_modules=list(t.lora.targets),
+                task_type="CAUSAL_LM",
+            ),
+        )
         if self.runtime.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -196,8 +207,10 @@ class Recipe:
         if self.objective.reference and reference is None:  # not shared by the runner: the policy, adapter off
             model.eval()
             with model.disable_adapter():
-                reference = {s: all_logps(self.fwd, ps, self.eval_bs, self.pad, self.device, self.share)
-                             for s, ps in pairs.items()}
+                reference = {
+                    s: all_logps(self.fwd, ps, self.eval_bs, self.pad, self.device, self.share)
+                    for s, ps in pairs.items()
+                }
         self.reference_seconds = time.perf_counter() - t_ref
         self.ref = reference if self.objective.reference else None
 
@@ -205,8 +218,12 @@ class Recipe:
         self.total_steps = t.max_steps or self.steps_per_epoch * t.epochs
         self.params = [x for x in model.parameters() if x.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
-        self.sched = get_scheduler(t.scheduler, self.opt, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
-                                   num_training_steps=self.total_steps)
+        self.sched = get_scheduler(
+            t.scheduler,
+            self.opt,
+            num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+            num_training_steps=self.total_steps,
+        )
         self.gen = torch.Generator().manual_seed(cell.seed)  # data order
         return self
 
@@ -247,8 +264,9 @@ class Recipe:
             step = state.step
             if step % t.logging_steps == 0 or step == 1 or step == total:
                 row = _metrics("", _cat(stats), self.objective.scoring)
-                row.update(step=step, epoch=step / self.steps_per_epoch, learning_rate=lr_used,
-                           grad_norm=float(grad_norm))
+                row.update(
+                    step=step, epoch=step / self.steps_per_epoch, learning_rate=lr_used, grad_norm=float(grad_norm)
+                )
                 state.train_log.append(row)
             if step % eval_every == 0 and step != total:
                 m_eval, _ = self.evaluate()
@@ -282,14 +300,21 @@ class Recipe:
         loss, cr, rr = self.loss(c, r, self.cell.params)
         m = _metrics("eval_", _Stats(loss, cr, rr, c, r), self.objective.scoring)
         m["eval_accuracy"] = m["eval_rewards/accuracies"]
-        rows = pd.DataFrame({
-            "pair": idx.numpy(),
-            "chosen_logp_sum": lp["c_sum"].numpy(), "rejected_logp_sum": lp["r_sum"].numpy(),
-            "chosen_logp_avg": lp["c_avg"].numpy(), "rejected_logp_avg": lp["r_avg"].numpy(),
-            "chosen_len": lp["c_len"].numpy().astype("int64"), "rejected_len": lp["r_len"].numpy().astype("int64"),
-            "chosen_reward": cr.numpy(), "rejected_reward": rr.numpy(),
-            "margin": (cr - rr).numpy(), "correct": (cr > rr).numpy(),
-        })
+        rows = pd.DataFrame(
+            {
+                "pair": idx.numpy(),
+                "chosen_logp_sum": lp["c_sum"].numpy(),
+                "rejected_logp_sum": lp["r_sum"].numpy(),
+                "chosen_logp_avg": lp["c_avg"].numpy(),
+                "rejected_logp_avg": lp["r_avg"].numpy(),
+                "chosen_len": lp["c_len"].numpy().astype("int64"),
+                "rejected_len": lp["r_len"].numpy().astype("int64"),
+                "chosen_reward": cr.numpy(),
+                "rejected_reward": rr.numpy(),
+                "margin": (cr - rr).numpy(),
+                "correct": (cr > rr).numpy(),
+            }
+        )
         if ref is not None:
             rows["chosen_ref_logp_sum"] = ref["c_sum"].numpy()
             rows["rejected_ref_logp_sum"] = ref["r_sum"].numpy()

@@ -33,7 +33,7 @@ def collate(pairs: list[Pair], index: list[int], pad_id: int) -> Batch:
         n = len(p) + len(c)
         ids[row, :n] = torch.tensor(p + c)
         attn[row, :n] = 1
-        mask[row, len(p):n] = 1
+        mask[row, len(p) : n] = 1
     return Batch(ids, attn, mask, list(index))
 
 
