@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cluster.runner import run_plan
+from .cluster.replication import run_matrix
 from .matrix.plan import make_plan
 from .verdict.report import build_report
 
@@ -22,6 +22,6 @@ def run(
     """Validate `matrix` (a path or a MatrixSpec), train every unfinished cell on Ray, write
     cells.parquet / pairs.parquet / report.md, and return (cells, pairs) as DataFrames."""
     plan = make_plan(matrix, results)
-    run_plan(plan, address=address, num_cpus=num_cpus)
+    run_matrix(plan, address=address, num_cpus=num_cpus)  # with adaptive replication when the matrix asks
     rep = build_report(plan.results)  # collects once, writes both tables and report.md
     return rep.cells, rep.pairs

@@ -71,7 +71,8 @@ def _user_errors() -> Iterator[None]:
 def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .cluster.runner import run_plan, shutdown
+    from .cluster.replication import run_matrix
+    from .cluster.runner import shutdown
     from .matrix.plan import make_plan
     from .verdict.report import build_report, print_report
 
@@ -99,7 +100,9 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
 
     def on_start(n):
         nonlocal task
-        if n:
+        if n and task is not None:  # a second round: adaptive replication added cells
+            progress.update(task, total=progress.tasks[0].total + n)
+        elif n:
             console.print(
                 f"{verb}: training {n} cell(s) on Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})…"
             )
@@ -117,8 +120,13 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
             progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
         progress.advance(task)
 
+    def on_replicate(added, why):
+        progress.console.print(
+            f"  replication: training {len(added)} more cell(s): {why}", markup=False, highlight=False
+        )
+
     try:
-        run_plan(plan, address=address, on_start=on_start, on_done=on_done)
+        run_matrix(plan, address=address, on_start=on_start, on_done=on_done, on_replicate=on_replicate)
     except UserError as e:  # the results are locked by another run, or no node can run a cell
         progress.stop()
         shutdown()
@@ -262,20 +270,24 @@ def status(
 def report(
     target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
     rule: Optional[str] = typer.Option(
-        None, help="Re-decide with another rule: paired_exact, paired_bootstrap or seed_rule (default: the matrix's)."
+        None,
+        help="Re-decide with another rule: recipe, adapter_exact (alias paired_exact), paired_bootstrap or "
+        "seed_rule (default: the matrix's).",
     ),
     alpha: Optional[float] = typer.Option(None, help="Significance level (default: the matrix's)."),
+    per_seed: bool = typer.Option(False, "--per-seed", help="One row per cell (seed) instead of per configuration."),
     results: Optional[str] = RESULTS,
 ) -> None:
     """Collect the tables, decide, and print the report; writes cells.parquet, pairs.parquet, report.md, PNGs."""
+    from .verdict.decide import ALIASES, RULES
     from .verdict.report import build_report, print_report
 
-    if rule is not None and rule not in ("paired_exact", "paired_bootstrap", "seed_rule"):
-        _fail(UserError([f"--rule: {rule!r} is not a rule; allowed: paired_exact, paired_bootstrap, seed_rule"]))
+    if rule is not None and rule not in (*RULES, *ALIASES):
+        _fail(UserError([f"--rule: {rule!r} is not a rule; allowed: {', '.join(RULES)} (or paired_exact)"]))
     if alpha is not None and not 0 < alpha < 0.5:
         _fail(UserError([f"--alpha: {alpha} must be in (0, 0.5)"]))
     try:
-        rep = build_report(_results_dir(target, results), rule=rule, alpha=alpha)
+        rep = build_report(_results_dir(target, results), rule=rule, alpha=alpha, per_seed=per_seed)
     except UserError as e:
         _fail(e)
     print_report(rep, console)

@@ -149,12 +149,36 @@ Objectives = create_model(
 )  # type: ignore[call-overload]
 
 
+class ReplicateSpec(Strict):
+    """Adaptive replication: when a challenger looks better on the seeds listed, train the baseline and
+    the challengers still in contention (only those) up to `max_seeds` seeds, then decide once."""
+
+    max_seeds: int = Field(3, ge=1, le=100, description="an integer ≥ 1: seeds per contending configuration")
+
+
 class DecisionSpec(Strict):
     baseline: dict[str, Any] = Field(default_factory=dict)
     metric: Literal["heldout_accuracy"] = "heldout_accuracy"
-    rule: Literal["paired_exact", "paired_bootstrap", "seed_rule"] = "paired_exact"
+    rule: Literal["recipe", "adapter_exact", "paired_exact", "paired_bootstrap", "seed_rule"] = "recipe"
     alpha: float = Field(0.05, gt=0, lt=0.5)
     tolerance_pairs: int | None = Field(None, ge=0)
+    replicate: ReplicateSpec | None = Field(
+        ReplicateSpec(), description="{max_seeds: N} with N ≥ 1, or off (YAML's off and false both turn it off)"
+    )
+    # A stated seed-to-seed SD (accuracy points) lets one-seed matrices make recipe-level claims anyway.
+    assumed_seed_sd: float | None = Field(None, ge=0, le=50)
+
+    @field_validator("replicate", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        if v is False or v is None or (isinstance(v, str) and v.strip().lower() == "off"):
+            return None
+        return {} if v is True else v
+
+    @property
+    def max_seeds(self) -> int | None:
+        """Replication's target seeds, or None when it does not run (off, or a rule that is not a recipe test)."""
+        return self.replicate.max_seeds if self.replicate is not None and self.rule == "recipe" else None
 
 
 class ResourceSpec(Strict):
@@ -198,6 +222,17 @@ class MatrixSpec(Strict):
     decision: DecisionSpec = DecisionSpec()
     resources: ResourceSpec = ResourceSpec()
     storage: str = "results"
+
+    @model_validator(mode="after")
+    def _seeds_fit_replication(self):
+        rep, seeds = self.decision.replicate, self.matrix.seed
+        if "replicate" in self.decision.model_fields_set and rep is not None and rep.max_seeds < len(seeds):
+            msg = (
+                f"{rep.max_seeds} is below the {len(seeds)} seeds matrix.seed lists; replication only adds seeds "
+                "(after the largest one listed), so raise max_seeds or set replicate: off"
+            )
+            raise Located([(("decision", "replicate", "max_seeds"), msg)])
+        return self
 
 
 def yaml_number_hint(v: Any) -> str:

@@ -171,7 +171,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
     for c in todo:
         key = c.config.reference_key(runtime)
-        if objectives.get(c.config.objective).reference and key not in references:
+        if key not in references:  # also when no cell needs it: the report's `base (untrained)` row reads it
             references[key] = (
                 ray.remote(_reference_task)
                 .options(name="ablate-reference", **opts)
@@ -185,7 +185,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
         )
         refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared)] = c
     finished: list[dict] = []
-    pending = list(refs)
+    pending = [*refs, *references.values()]
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1, timeout=HEARTBEAT_S)
@@ -197,6 +197,8 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
                     ]
                 )
             for ref in ready:
+                if ref not in refs:  # a reference task: its cells get it directly; a failure fails them, not this
+                    continue
                 cell = refs[ref]
                 try:
                     out = ray.get(ref)
@@ -223,10 +225,10 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
                 if on_done:
                     on_done(out)
     except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, or the results lock was lost
-        for ref in [*pending, *references.values()]:
+        for ref in pending:
             ray.cancel(ref, force=True)
         # Let the cancellations settle before the driver shuts Ray down (Ray can abort on a half-cancelled task).
-        ray.wait([*pending, *references.values()], num_returns=len(pending) + len(references), timeout=10)
+        ray.wait(pending, num_returns=len(pending), timeout=10)
         for c in todo:  # the killed workers could not clear their own heartbeats
             storage.clear_running(plan.results, c.id)
         raise

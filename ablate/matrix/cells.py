@@ -8,6 +8,7 @@ here, once, written to plan.json, and read back as columns by everything downstr
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ class Cell:
     config: CellConfig
     params: dict[str, Any]  # as the matrix lists them (γ/β kept beside γ); config.params is what is hashed
     label_keys: tuple[str, ...] = ()  # lr / epochs, named in labels when the matrix varies them
+    replicated: bool = False  # added by adaptive replication, not listed in the matrix
 
     @property
     def id(self) -> str:
@@ -41,6 +43,12 @@ class Cell:
     @property
     def config_id(self) -> str:
         return config_id(self.config.to_json())
+
+
+def with_seed(cell: Cell, seed: int) -> Cell:
+    """The same configuration trained with another seed (adaptive replication): a new cell with its own id."""
+    config = dataclasses.replace(cell.config, params={**cell.config.params, "seed": seed})
+    return Cell(config, {**cell.params, "seed": seed}, cell.label_keys, replicated=True)
 
 
 def config_label(p: dict[str, Any], extra: tuple[str, ...] = ()) -> str:

@@ -6,7 +6,7 @@ Its `plan.json` in the results directory lets `status` and `report` work without
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from ..inputs.models import check_model_spec, load_tokenizer, model_identity
 from ..inputs.tokenize import encode
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
 from ..schema import BuiltinData, MatrixSpec
-from .cells import Cell, baseline_cells, expand, selection_problems
+from .cells import Cell, baseline_cells, expand, selection_problems, with_seed
 from .yamlfile import load_matrix
 
 
@@ -28,6 +28,7 @@ class Plan:
     train_rows: list[dict]
     heldout_rows: list[dict]
     results: Store
+    replication: list[dict] = field(default_factory=list)  # rounds of adaptive replication: what was added, why
 
     def status(self) -> dict[str, str]:
         return cell_states(self.results, [c.id for c in self.cells])
@@ -39,15 +40,42 @@ class Plan:
             "decision": self.spec.decision.model_dump(mode="json"),
             "baseline_ids": self.baseline_ids,
             "cells": [
-                {"id": c.id, "label": c.label, "config": c.config_label, "config_id": c.config_id, "params": c.params}
+                {
+                    "id": c.id,
+                    "label": c.label,
+                    "config": c.config_label,
+                    "config_id": c.config_id,
+                    "params": c.params,
+                    "replicated": c.replicated,
+                }
                 for c in self.cells
             ],
+            "replication": self.replication,
             "model": self.spec.model.model_dump(mode="json"),
             "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
         }
 
     def write(self) -> None:
         write_plan(self.results, self.to_json())
+
+    def add_seeds(self, more: dict[str, int], why: str = "") -> list[Cell]:
+        """Cells with the next seeds (after the largest in matrix.seed) for the configurations in `more`
+        (config_id → how many); returns the cells added, recorded in plan.json's replication history."""
+        start = max(self.spec.matrix.seed) + 1
+        have = {c.id for c in self.cells}
+        added = []
+        for cid, k in more.items():
+            template = next(c for c in self.cells if c.config_id == cid)
+            for seed in range(start, start + k):
+                cell = with_seed(template, seed)
+                if cell.id not in have:
+                    added.append(cell)
+                    have.add(cell.id)
+        self.cells += added
+        labels = {c.config_id: c.config_label for c in added}
+        self.replication.append({"added": [{"config": labels[k], "config_id": k, "seeds": list(range(start, start + n))}
+                                           for k, n in more.items() if k in labels], "why": why})  # fmt: skip
+        return added
 
 
 def _source_name(src: BuiltinData | str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import objectives
-from .storage import Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet, read_plan
+from .storage import UNTRAINED, Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet, read_plan
 
 PARAM_COLUMNS = ["objective", "lora_rank", "seed", *objectives.knob_columns(), "lr", "epochs"]
 METRIC_COLUMNS = [
@@ -37,7 +37,7 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
         info = (read_cell_json(store, c["id"]) or {}) if status in ("done", "failed") else {}
         row = {"cell_id": c["id"], "label": c["label"], "config": c.get("config") or _legacy_config(c),
                "config_id": c.get("config_id") or c.get("config") or _legacy_config(c),
-               "status": status, "is_baseline": c["id"] in baseline}
+               "status": status, "is_baseline": c["id"] in baseline, "replicated": bool(c.get("replicated"))}
         row.update({k: c["params"].get(k) for k in PARAM_COLUMNS})
         row.update({k: info.get(k) for k in METRIC_COLUMNS})
         cfg = info.get("config", {})
@@ -64,6 +64,12 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
             df.to_parquet(buf, index=False)
             store.write_bytes(name, buf.getvalue())
     return cells, pairs
+
+
+def read_untrained(results: str | Path | Store) -> pd.DataFrame | None:
+    """The base model's per-pair held-out log-probs, or None when no reference pass has run here yet."""
+    store = as_store(results)
+    return read_parquet(store, UNTRAINED) if store.exists(UNTRAINED) else None
 
 
 def read_logs(results: str | Path | Store, cell_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 from ..errors import UserError
 
 DONE = "DONE"
+UNTRAINED = "untrained.parquet"  # the base model's per-pair held-out log-probs (written with the reference pass)
 HEARTBEAT_S = 10.0      # how often a training worker refreshes its running/ marker
 STALE_AFTER_S = 60.0    # a marker older than this belongs to a worker that is gone
 

@@ -21,7 +21,7 @@ import torch
 
 from ..config import CellConfig, Runtime
 from ..results import storage
-from ..results.storage import Store
+from ..results.storage import UNTRAINED, Store
 from ..schema import ModelSpec
 from .checkpoint import Checkpointer
 from .faults import Faults
@@ -57,7 +57,10 @@ def shared_reference(
     store = Store(results)
     rel = f"refcache/{cell.reference_key(runtime)}.pt"
     try:
-        return torch.load(io.BytesIO(store.read_bytes(rel)), weights_only=True)
+        ref = torch.load(io.BytesIO(store.read_bytes(rel)), weights_only=True)
+        if not store.exists(UNTRAINED):
+            write_untrained(store, ref["heldout"])
+        return ref
     except FileNotFoundError:
         pass
     # An OOM here would fail every cell that needs it: retry at half the batch, down to 1.
@@ -69,7 +72,23 @@ def shared_reference(
     buf = io.BytesIO()
     torch.save(ref, buf)
     store.write_bytes(rel, buf.getvalue())
+    write_untrained(store, ref["heldout"])
     return ref
+
+
+def write_untrained(store: Store, held: dict) -> None:
+    """The base model's own held-out log-probs, one row per pair: the report's `base (untrained)` row."""
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "pair": range(len(held["c_sum"])),
+        "chosen_logp_sum": held["c_sum"].numpy(), "rejected_logp_sum": held["r_sum"].numpy(),
+        "chosen_logp_avg": held["c_avg"].numpy(), "rejected_logp_avg": held["r_avg"].numpy(),
+        "chosen_len": held["c_len"].numpy().astype("int64"), "rejected_len": held["r_len"].numpy().astype("int64"),
+    })  # fmt: skip
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    store.write_bytes(UNTRAINED, buf.getvalue())
 
 
 class Heartbeat:
