@@ -24,7 +24,9 @@ def small_matrix(**overrides) -> dict:
         "train": {"epochs": 1, "batch_size": 16, "lr": 1.0e-3, "logging_steps": 1, "eval_steps": 2},
         "matrix": {"objective": ["dpo", "simpo"], "lora_rank": [4], "seed": [0]},
         "objectives": {"dpo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 0.5}},
-        "decision": {"baseline": {"objective": "dpo", "lora_rank": 4}},
+        # Replication off: these matrices test other things, and a fixed set of cells keeps them fast
+        # (tests/test_recipes.py turns it on).
+        "decision": {"baseline": {"objective": "dpo", "lora_rank": 4}, "replicate": "off"},
     }
     for k, v in overrides.items():
         m[k] = v

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
-from conftest import small_matrix
 from typer.testing import CliRunner
 
 import ablate.cluster.runner
 from ablate.cli import app
 from ablate.inputs.models import builtin_model
+
+from conftest import small_matrix
 
 GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 OTHER = {"prompt": "Q: bye\n", "chosen": "def", "rejected": "uvw"}

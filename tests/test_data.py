@@ -4,8 +4,6 @@ import json
 import socket
 
 import pytest
-from conftest import small_matrix
-from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 from typer.testing import CliRunner
 
 from ablate.cli import app
@@ -18,6 +16,9 @@ from ablate.matrix.plan import make_plan
 from ablate.matrix.yamlfile import load_matrix
 from ablate.schema import ModelSpec
 from ablate.worker.textbook import collate
+
+from conftest import small_matrix
+from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
 GOOD = {"prompt": "Q: hi\n", "chosen": "abc", "rejected": "xyz"}
 

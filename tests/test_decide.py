@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -22,14 +23,7 @@ import pytest
 from scipy.stats import binom, binomtest, multivariate_normal, norm
 
 from ablate.matrix.cells import cell_label, config_label
-from ablate.verdict.decide import (
-    SEED_RULE_FALSE_SWITCH,
-    bootstrap_diff,
-    decide,
-    holm,
-    minimum_detectable_effect,
-    sign_test_p,
-)
+from ablate.verdict.decide import bootstrap_diff, decide
 from ablate.verdict.diagnostics import (
     LENGTH_GAP_FLAG,
     length_bias,
@@ -37,6 +31,7 @@ from ablate.verdict.diagnostics import (
     margin_retention,
     overoptimization,
 )
+from ablate.verdict.stats import holm, sign_test_p
 
 ALPHA = 0.05
 
@@ -161,7 +156,7 @@ def test_holm_caps_at_one_and_keeps_order():
     assert holm([0.7, 0.6]) == pytest.approx([1.0, 1.0])
     assert holm([0.02, 0.02]) == pytest.approx([0.04, 0.04])
     assert holm([0.03]) == pytest.approx([0.03])
-    assert holm([]) == []
+    assert len(holm([])) == 0
 
 
 def test_holm_never_below_raw_and_monotone_in_raw():
@@ -203,16 +198,16 @@ def discordant_probs(acc_base: float, acc_chal: float, rho: float = RHO) -> tupl
 
 
 def exact_rates(n: int, p_win: float, p_loss: float, alpha: float = ALPHA) -> tuple[float, float]:
-    """Exact P(switch) of (exact sign test at α with wins > losses, seed rule wins > losses).
+    """Exact P(switch) of (one-sided exact sign test at α, seed rule wins > losses).
     D ~ Bin(n, p_win + p_loss) discordant pairs; wins | D ~ Bin(D, p_win / (p_win + p_loss)); the
-    two-sided exact p-value for w > D/2 is 2·P(Bin(D, 1/2) ≥ w)."""
+    one-sided exact p-value is P(Bin(D, 1/2) ≥ w)."""
     p_d = p_win + p_loss
     exact = seed = 0.0
     for d in range(n + 1):
         w = np.arange(d + 1)
         pw = binom.pmf(w, d, p_win / p_d)
         ahead = w > d - w
-        pval = np.minimum(1.0, 2 * binom.sf(w - 1, d, 0.5))
+        pval = binom.sf(w - 1, d, 0.5)  # one-sided: only a better challenger can win
         pd_ = binom.pmf(d, n, p_d)
         exact += pd_ * pw[ahead & (pval < alpha)].sum()
         seed += pd_ * pw[ahead].sum()
@@ -222,12 +217,12 @@ def exact_rates(n: int, p_win: float, p_loss: float, alpha: float = ALPHA) -> tu
 def normal_mcnemar_power(n: int, p_win: float, p_loss: float, alpha: float = ALPHA) -> float:
     """Normal-approximation McNemar power (one direction: the challenger is the better one)."""
     p_d, delta = p_win + p_loss, p_win - p_loss
-    return float(norm.cdf((np.sqrt(n) * delta - norm.ppf(1 - alpha / 2) * np.sqrt(p_d)) / np.sqrt(p_d - delta**2)))
+    return float(norm.cdf((np.sqrt(n) * delta - norm.ppf(1 - alpha) * np.sqrt(p_d)) / np.sqrt(p_d - delta**2)))
 
 
 @functools.cache
 def _p(w: int, lo: int) -> float:
-    return sign_test_p(w, lo)
+    return float(sign_test_p(w, lo, one_sided=True))
 
 
 def _tol(rate: float, n_sim: int, k: float = 3.0) -> float:
@@ -253,7 +248,7 @@ def test_simulated_false_switch_rate_under_null(n):
         f"seed_rule {fs_seed:.4f} (exact {ref_seed:.4f})"
     )
 
-    # (a) exact test: at most α (it is one-sided in effect, so ≈ α/2), plus 3 SE of simulation noise
+    # (a) exact test: at most α (exact tests are conservative), plus 3 SE of simulation noise
     assert fs_exact <= ALPHA + _tol(ALPHA, N_SIM)
     assert abs(fs_exact - ref_exact) <= _tol(ref_exact, N_SIM, 4)
     # (b) seed rule: ≈ 45% (P(wins > losses) = (1 − P(tie)) / 2)
@@ -279,7 +274,7 @@ def test_simulated_power_against_plus_five_points(n):
     )
     assert abs(pw_exact - ref_exact) <= _tol(ref_exact, N_SIM, 4)
     assert abs(pw_seed - ref_seed) <= _tol(ref_seed, N_SIM, 4)
-    assert abs(ref_exact - approx) < 0.05  # the exact test is slightly conservative vs the normal approx
+    assert abs(ref_exact - approx) < 0.06  # the exact test is slightly conservative vs the normal approx
     if n == 500:
         assert 0.45 <= pw_exact <= 0.80
         assert pw_seed > 0.95
@@ -320,20 +315,30 @@ def test_decide_agrees_with_low_level_rules_on_simulated_tables():
     for k in range(12):
         cells, pairs = make_tables({"dpo r16": b[k], "simpo r8": c[k]})
         w, lo = int((c[k] & ~b[k]).sum()), int((b[k] & ~c[k]).sum())
-        exact = decide(cells, pairs, rule="paired_exact")
-        assert exact.switch == (sign_test_p(w, lo) < ALPHA and w > lo)
+        exact = decide(cells, pairs, rule="adapter_exact")
+        assert exact.switch == (sign_test_p(w, lo, one_sided=True) < ALPHA and w > lo)
+        assert decide(cells, pairs, rule="paired_exact").switch == exact.switch  # the old name, same rule
         row = exact.comparisons.set_index("config").loc[cfg("simpo r8")]
         assert (row["wins"], row["losses"]) == (w, lo)
-        assert row["p_value"] == pytest.approx(sign_test_p(w, lo))
+        assert row["p_value"] == pytest.approx(sign_test_p(w, lo, one_sided=True))
         seed = decide(cells, pairs, rule="seed_rule")
         assert seed.switch == (w > lo)
 
 
-def test_seed_rule_constant_states_the_simulated_rate():
-    assert "45%" in SEED_RULE_FALSE_SWITCH
+def test_seed_rule_states_its_simulated_rate_for_this_matrix():
+    """One challenger: ≈ 45% (the closed form below); three challengers: ≈ 65–75% (any of three wins)."""
     for n in (100, 500):
         _, seed_rate = exact_rates(n, *discordant_probs(0.70, 0.70))
         assert abs(seed_rate - 0.45) < 0.05
+    base = base_outcomes(300)
+    rng = np.random.default_rng(5)
+    one = decide(*make_tables({"dpo r16": base, "simpo r8": flip(base, 20, 20, rng)}), rule="seed_rule")
+    three = decide(
+        *make_tables({k: flip(base, 20, 20, rng) if k != "dpo r16" else base for k in CONFIGS if k != "orpo r16"}),
+        rule="seed_rule",
+    )
+    rate = lambda d: float(re.search(r"switches (\d+)% of the time", " ".join(d.notes)).group(1)) / 100  # noqa: E731
+    assert 0.35 <= rate(one) <= 0.55 and 0.60 <= rate(three) <= 0.80
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,16 +387,6 @@ def test_bootstrap_diff_p_value_and_degenerate_cases():
     assert 0 < lo < 0.3 < hi and p == 0.0
 
 
-def test_minimum_detectable_effect():
-    d = np.r_[np.ones(20), -np.ones(10), np.zeros(170)]
-    expected = (norm.ppf(0.975) + norm.ppf(0.8)) * np.std(d, ddof=1) / np.sqrt(200)
-    assert minimum_detectable_effect(d, 0.05) == pytest.approx(expected)
-    # never disagree → independent errors at the baseline accuracy
-    assert minimum_detectable_effect(np.zeros(100), 0.05, base_acc=0.7) == pytest.approx(
-        (norm.ppf(0.975) + norm.ppf(0.8)) * math.sqrt(2 * 0.7 * 0.3) / 10
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # 5. decide() end to end
 # --------------------------------------------------------------------------------------------------
@@ -411,11 +406,14 @@ def test_decide_clear_winner_switches():
     cells, pairs = make_tables({"dpo r16": base, "simpo r8": chal})
     dec = decide(cells, pairs)
     assert dec.switch and dec.winner == cfg("simpo r8") and dec.baseline == cfg("dpo r16")
-    assert dec.rule == "paired_exact" and dec.heldout_pairs == 200 and dec.seeds == 1
+    assert dec.rule == "recipe" and dec.heldout_pairs == 200 and dec.seeds == 1
+    assert dec.unit == "adapter"  # one seed: these trained adapters, not recipes
     assert "25 more of 200 held-out pairs" in dec.reason and "30 won, 5 lost" in dec.reason
+    assert "these trained adapters" in dec.reason
+    assert any("would overturn it" in n for n in dec.notes)
     row = dec.comparisons.set_index("config").loc[cfg("simpo r8")]
     assert (row["wins"], row["losses"], row["diff_pairs"]) == (30, 5, 25)
-    assert row["p_value"] == pytest.approx(exact_mcnemar_by_hand(5, 30))
+    assert row["p_value"] == pytest.approx(exact_mcnemar_by_hand(5, 30) / 2)  # one-sided
     assert row["accuracy"] == pytest.approx(chal.mean())
     assert bool(row["significant"])
     b = dec.comparisons.set_index("config").loc[cfg("dpo r16")]
@@ -438,7 +436,7 @@ def test_decide_worse_challenger_is_not_a_winner():
     cells, pairs = make_tables({"dpo r16": base, "simpo r8": chal})
     dec = decide(cells, pairs)
     row = dec.comparisons.set_index("config").loc[cfg("simpo r8")]
-    assert row["p_adjusted"] < ALPHA  # significantly *worse*
+    assert row["p_adjusted"] > 0.99  # one-sided: a clearly worse challenger is as far from winning as it gets
     assert not dec.switch and dec.winner == dec.baseline
 
 
@@ -514,7 +512,7 @@ def test_decide_seed_rule_plus_one_pair_switches_and_warns():
     dec = decide(cells, pairs, rule="seed_rule")
     assert dec.switch and dec.winner == cfg("simpo r8")
     assert "the seed rule" in dec.reason
-    assert any("false-switch rate" in n and "45%" in n for n in dec.notes)
+    assert any("switches" in n and "of the time between truly equal configurations" in n for n in dec.notes)
     # the same tables under the default rule: keep the baseline
     assert not decide(cells, pairs).switch
     # equal pairs right → the seed rule keeps the baseline too
@@ -605,7 +603,7 @@ def test_decide_small_gain_below_mde_no_decision_possible():
     assert not dec.switch and dec.winner == dec.baseline
     assert 0.02 < dec.mde
     assert "no decision possible at this size" in dec.reason
-    assert "+2 of 100 pairs" in dec.reason
+    assert "+2 of 100 pairs" in dec.reason, dec.reason
 
 
 def test_decide_not_significant_but_above_mde_message():

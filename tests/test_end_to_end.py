@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ablate_cli as ablate
-from conftest import small_matrix, train_directly
 
 from ablate.inputs.letters import letters_task
+
+from conftest import ablate_cli as ablate
+from conftest import small_matrix, train_directly
 
 TRL_TRAIN = {
     "loss",

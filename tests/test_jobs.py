@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import ROOT, ablate_cli, small_matrix
 
 from ablate.cluster.jobs import check_client_versions, check_ray_versions
 from ablate.inputs.letters import letters_task
+
+from conftest import ROOT, ablate_cli, small_matrix
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 NO_AUTH = {"RAY_AUTH_MODE": "disabled"}

@@ -16,11 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from ablate.matrix.plan import make_plan
+
 from conftest import ablate_cli as ablate
 from conftest import ablate_start as start
 from conftest import small_matrix, train_directly
-
-from ablate.matrix.plan import make_plan
 
 
 def slow_matrix(**train) -> dict:

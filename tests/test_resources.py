@@ -5,11 +5,12 @@ import time
 
 import ray
 import yaml
-from conftest import ablate_cli, small_matrix
 
 from ablate.cluster.runner import run_plan, task_resources
 from ablate.matrix.plan import make_plan
 from ablate.schema import ResourceSpec
+
+from conftest import ablate_cli, small_matrix
 
 
 def run_cli(tmp_path, resources: dict):

@@ -5,12 +5,13 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, small_matrix
 
 from ablate.errors import UserError
 from ablate.matrix.cells import expand
 from ablate.matrix.plan import make_plan
 from ablate.matrix.yamlfile import load_matrix, parse_matrix
+
+from conftest import ROOT, small_matrix
 
 
 def problems_for(write_matrix, m) -> list[str]:

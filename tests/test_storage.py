@@ -8,13 +8,14 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, small_matrix
-from conftest import ablate_cli as ablate
-from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
 from ablate.errors import UserError
 from ablate.results.lock import ResultsLock
 from ablate.results.storage import DONE, Store, cell_states, join, publish_cell, write_running
+
+from conftest import ROOT, small_matrix
+from conftest import ablate_cli as ablate
+from s3server import FAKE_AWS_ENV, s3_filesystem, s3_server, s3_uri
 
 
 @pytest.fixture(scope="module")

@@ -57,10 +57,10 @@ class Decision:
     untrained: dict = field(default_factory=dict)  # the base model's own preference, and who beat it
 
 
-def _outcomes(pairs: pd.DataFrame, cell_ids: list[str]) -> np.ndarray:
-    """[n_pairs, n_seeds] 0/1 held-out outcomes of one configuration."""
+def _wide(pairs: pd.DataFrame, cell_ids: list[str]) -> pd.DataFrame:
+    """0/1 held-out outcomes, one column per cell, one row per pair."""
     sub = pairs[pairs["cell_id"].isin(cell_ids)]
-    return sub.pivot(index="pair", columns="cell_id", values="correct")[cell_ids].sort_index().to_numpy(dtype=float)
+    return sub.pivot(index="pair", columns="cell_id", values="correct").sort_index().astype(float)
 
 
 def _nanmean(xs: list[float]) -> float:
@@ -129,10 +129,11 @@ def decide(
         raise ValueError("the baseline configuration has no finished cell; nothing to compare against")
     base_id = base_rows["config_id"].iloc[0]
     configs = {cid: g.sort_values("seed") for cid, g in done.groupby("config_id", sort=False)}
-    outcomes = {cid: _outcomes(pairs, list(g["cell_id"])) for cid, g in configs.items()}
+    wide = _wide(pairs, list(done["cell_id"]))
+    outcomes = {cid: wide[list(g["cell_id"])].dropna().to_numpy() for cid, g in configs.items()}
     n_pairs = outcomes[base_id].shape[0]
     for cid, y in outcomes.items():
-        if y.shape[0] != n_pairs:
+        if y.shape[0] != n_pairs or y.shape[0] != len(wide):
             raise ValueError(
                 f"{configs[cid]['config'].iloc[0]} was evaluated on {y.shape[0]} held-out pairs, "
                 f"the baseline on {n_pairs}"
@@ -145,9 +146,7 @@ def decide(
     label = {c: configs[c]["config"].iloc[0] for c in order}
 
     # Stage 1 = each configuration's cells from the matrix itself (replication adds the others later).
-    first = {
-        c: _outcomes(pairs, list(configs[c].loc[~configs[c]["replicated"].astype(bool), "cell_id"])) for c in order
-    }
+    first = {c: wide[list(configs[c].loc[~configs[c]["replicated"].astype(bool), "cell_id"])].to_numpy() for c in order}
     replicated = bool(done["replicated"].astype(bool).any())
     sc = stats.seed_components(outcomes)
     tau2 = float(sc["tau2"]) if sc["df"] else float("nan")
@@ -236,7 +235,8 @@ def decide(
     if rule == "seed_rule" and m:
         agree = float(np.mean([(outcomes[c][:, 0] == outcomes[base_id][:, 0]).mean() for c in chal]))
         acc = float(np.clip(outcomes[base_id].mean(), 0.05, 0.95))
-        rate = seed_rule_rate(n_pairs, m, round(min(max(agree, 0.55), 0.99), 2), round(acc, 2))
+        independent = 1 - 2 * acc * (1 - acc)  # the least two cells can agree at this accuracy (no shared difficulty)
+        rate = seed_rule_rate(n_pairs, m, round(float(np.clip(agree, independent + 0.01, 0.99)), 2), round(acc, 2))
         notes.append(
             f"the seed rule switches {rate:.0%} of the time between truly equal configurations in a matrix like "
             f"this one ({m} challenger(s), {n_pairs} held-out pairs, simulated); use the recipe rule for a "
@@ -396,8 +396,9 @@ def _reason(table, base, winner, switch, rule, alpha, n, unit) -> str:
     top = ch.sort_values("diff", ascending=False).iloc[0]
     gap = top["diff"]
     if gap > 0 and gap < top["mde"]:
+        pairs_ = f"{gap * n:+.0f}" if float(gap * n).is_integer() else f"{gap * n:+.1f}"
         return (
-            f"Keep {base}: the best challenger, {top['config']}, is {gap * n:+.1f} of {n} pairs ({gap:+.1%}), "
+            f"Keep {base}: the best challenger, {top['config']}, is {pairs_} of {n} pairs ({gap:+.1%}), "
             f"below the {top['mde']:.1%} this design can detect — no decision possible at this size."
         )
     if gap > 0:
