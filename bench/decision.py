@@ -71,10 +71,63 @@ def worse_on_every_seed():
     return mat([b for b, _ in rows]), mat([c for _, c in rows])
 
 
+NAMES = {BASE: "dpo r16", "c1": "simpo r8", "c2": "simpo r16", "c3": "dpo r8"}
+
+
+def tables(outcomes: dict, replicated_from: int | None = None):
+    """cells.parquet / pairs.parquet-shaped tables, as collect() writes them, from outcome matrices."""
+    import pandas as pd
+
+    rows, frames = [], []
+    for key, y in outcomes.items():
+        name = NAMES[key]
+        for s in range(y.shape[1]):
+            cid = f"{key}_s{s}"
+            rows.append({"cell_id": cid, "label": f"{name} s{s}", "config": name, "config_id": key, "status": "done",
+                         "is_baseline": key == BASE, "objective": name.split()[0], "lora_rank": int(name[-2:].strip("r")),
+                         "seed": s, "trainable_params": 1000, "replicated": bool(replicated_from and s >= replicated_from)})  # fmt: skip
+            frames.append(pd.DataFrame({"cell_id": cid, "pair": np.arange(len(y)), "correct": y[:, s] > 0}))
+    return pd.DataFrame(rows), pd.concat(frames, ignore_index=True)
+
+
+def via_api(sims: dict, r: int, replicate: bool):
+    """One simulated matrix through ablate.decide, as `ablate run` does: the first round (seed 0, or every seed
+    when not replicating), then, if the decision asks, the extra seeds and one final decision."""
+    import ablate
+
+    full = {k: v[r].astype(float) for k, v in sims.items()}
+    if not replicate:
+        return ablate.decide(*tables(full)), 0
+    first = ablate.decide(*tables({k: y[:, :1] for k, y in full.items()}), max_seeds=3)
+    if not first.replicate:
+        return first, 0
+    grown = {k: (y if k in first.replicate else y[:, :1]) for k, y in full.items()}
+    return ablate.decide(*tables(grown, replicated_from=1), max_seeds=3), sum(first.replicate.values())
+
+
+def api_rows(rng, reps: int, row) -> None:
+    """The headline rows again, through the public API (ablate.decide on real tables, replication included)."""
+    pct = lambda x: f"{100 * x:.1f}%"
+    cases = [("null, seed SD 0, 1 seed, n=100: false switch", 100, 0.0, None, False, 1),
+             ("null, seed SD 2, 3 seeds, n=500: false switch", 500, 0.02, None, False, 3),
+             ("null, seed SD 2, 1 seed + replication to 3, n=500: false switch", 500, 0.02, None, True, 3),
+             ("+10 points, seed SD 2, 1 seed + replication, n=500: power", 500, 0.02, {"c1": 0.10}, True, 3)]  # fmt: skip
+    for name, n, sd, eff, rep, seeds in cases:
+        sims = sim(rng, reps, n, seeds, sd, eff)
+        outs = [via_api(sims, r, rep) for r in range(reps)]
+        hit = np.mean([d.switch and (eff is None or d.winner == NAMES["c1"]) for d, _ in outs])
+        extra = np.mean([e for _, e in outs])
+        goal = "≥ 0.9" if eff else "≤ 5%"
+        ok = hit >= 0.9 if eff else hit <= 0.05 + 2 * np.sqrt(0.05 * 0.95 / reps)
+        row(f"[ablate.decide, {reps} reps] {name}", goal, "—",
+            f"{pct(hit) if not eff else f'{hit:.3f}'}" + (f"; {extra:.2f} extra cells on average" if rep else ""), ok)  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--api-reps", type=int, default=300, help="replicates for the rows through ablate.decide")
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = ap.parse_args()
     rng, R, t0 = np.random.default_rng(args.seed), args.reps, time.time()
@@ -211,7 +264,8 @@ def main():
         f"{100 * np.median(r['overturning_seed_sd'][..., 0][hit]):.1f} pts ({pct(hit.mean())} significant)",
     )
 
-    print(f"\n{R} replicates per row, {time.time() - t0:.0f} s\n")
+    api_rows(rng, args.api_reps, row)
+    print(f"\n{R} replicates per row ({args.api_reps} through ablate.decide), {time.time() - t0:.0f} s\n")
     print("| row | goal | before (paired_exact) | after (verdict.stats) | ok |\n|---|---|---|---|---|")
     for r in rows:
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")

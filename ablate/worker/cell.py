@@ -210,7 +210,7 @@ def run_cell(
         "config": cell.to_json(),
         "model_spec": model_spec.model_dump(mode="json"),
         "status": "running",
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "node_id": node,
         "started_at": time.time(),
     }
