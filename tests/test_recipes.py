@@ -274,7 +274,9 @@ def test_quickstart_replicates_the_contenders_and_decides_about_recipes(quicksta
 def test_replication_trains_only_contenders_and_resumes_after_a_kill(tmp_path):
     m = small_matrix()
     m["matrix"]["lora_rank"] = [4, 8]
-    m["train"].update(max_steps=4, eval_steps=4)
+    m["data"]["train"]["n"] = 128
+    m["data"]["heldout"]["n"] = 64  # enough pairs for SimPO's lead over DPO to make it a contender
+    m["train"].update(epochs=2, eval_steps=8)
     m["decision"] = {"baseline": {"objective": "dpo", "lora_rank": 4}, "replicate": {"max_seeds": 3}}
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(m, sort_keys=False))
