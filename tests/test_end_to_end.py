@@ -214,5 +214,12 @@ def test_report_shows_per_seed_spread(tmp_path):
     for c in plan.cells:
         assert train_directly(plan, c, str(plan.results))["status"] == "done"
     rep = build_report(plan.results, plots=False)
-    assert rep.decision.seeds == 2
-    assert any("across 2 seeds (mean ± sd)" in line for line in rep.lines)
+    assert rep.decision.seeds == 2 and rep.decision.unit == "recipe"
+    assert any(line.startswith("Seed-to-seed spread of held-out accuracy: SD") for line in rep.lines)
+    # One row per configuration (seeds pooled, with their spread), one WINNER at most, the recipe rule's columns.
+    rows = [r for r in rep.rows if r["configuration"] != "base (untrained)"]
+    assert len(rows) == 2 and all(r["seeds"] == "2" and "±" in r["held-out acc"] for r in rows)
+    assert sum("WINNER" in r["flags"] for r in rows) <= 1
+    assert "p (Holm, 1-sided)" in rep.columns and "interval" not in rep.columns
+    per_seed = build_report(plan.results, plots=False, write=False, per_seed=True)
+    assert len(per_seed.rows) == 4 and "cell" in per_seed.columns
