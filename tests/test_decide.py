@@ -180,7 +180,6 @@ RHO = 0.5
 N_SIM = 2000  # paired_exact and seed rule: SE of a 5% rate ≈ 0.0049
 N_SIM_BOOT = 300  # paired_bootstrap (a bootstrap per replication); SE of a 5% rate ≈ 0.0126
 N_BOOT_SIM = 400
-RATES: dict = {}
 
 
 def simulate(rng, n_sim: int, n: int, acc_base: float, acc_chal: float, rho: float = RHO):
@@ -242,7 +241,6 @@ def test_simulated_false_switch_rate_under_null(n):
     seed_switch = wins > losses  # the seed rule: ≥ 1 more pair right; margins equal (no logs)
     fs_exact, fs_seed = exact_switch.mean(), seed_switch.mean()
     ref_exact, ref_seed = exact_rates(n, *discordant_probs(0.70, 0.70))
-    RATES[("null", n)] = (fs_exact, fs_seed)
     print(
         f"\n[null, n={n}, {N_SIM} sims] false-switch: paired_exact {fs_exact:.4f} (exact {ref_exact:.4f}), "
         f"seed_rule {fs_seed:.4f} (exact {ref_seed:.4f})"
@@ -267,7 +265,6 @@ def test_simulated_power_against_plus_five_points(n):
     p_win, p_loss = discordant_probs(0.70, 0.75)
     ref_exact, ref_seed = exact_rates(n, p_win, p_loss)
     approx = normal_mcnemar_power(n, p_win, p_loss)
-    RATES[("power", n)] = (pw_exact, pw_seed)
     print(
         f"\n[+5 points, n={n}, {N_SIM} sims] power: paired_exact {pw_exact:.4f} (exact {ref_exact:.4f}, "
         f"normal approx {approx:.4f}), seed_rule {pw_seed:.4f} (exact {ref_seed:.4f})"
@@ -744,15 +741,3 @@ def test_length_bias_flags():
     assert abs(lb.loc["fair", "length_gap"]) < LENGTH_GAP_FLAG
     empty = length_bias(length_quartiles(pairs.iloc[:0]))
     assert empty.empty and list(empty.columns) == ["length_gap", "length_flag"]
-
-
-def test_print_rate_summary():
-    """Runs last in file order; prints the table of simulated rates collected above (pytest -s)."""
-    if not RATES:
-        pytest.skip("simulation tests did not run")
-    lines = ["", "rule          n    false-switch  power(+5pt)"]
-    for n in (100, 500):
-        if ("null", n) in RATES and ("power", n) in RATES:
-            (fe, fs), (pe, ps) = RATES[("null", n)], RATES[("power", n)]
-            lines += [f"paired_exact  {n:<4} {fe:<13.4f} {pe:.4f}", f"seed_rule     {n:<4} {fs:<13.4f} {ps:.4f}"]
-    print("\n".join(lines))
