@@ -23,7 +23,7 @@ import pytest
 from scipy.stats import binom, binomtest, multivariate_normal, norm
 
 from ablate.matrix.cells import cell_label, config_label
-from ablate.verdict.decide import bootstrap_diff, decide
+from ablate.verdict.decide import decide
 from ablate.verdict.diagnostics import (
     LENGTH_GAP_FLAG,
     length_bias,
@@ -31,7 +31,7 @@ from ablate.verdict.diagnostics import (
     margin_retention,
     overoptimization,
 )
-from ablate.verdict.stats import holm, sign_test_p
+from ablate.verdict.stats import bootstrap_diff, holm, sign_test_p
 
 ALPHA = 0.05
 

@@ -68,25 +68,6 @@ def _nanmean(xs: list[float]) -> float:
     return float(a[np.isfinite(a)].mean()) if np.isfinite(a).any() else float("nan")
 
 
-def bootstrap_diff(base: np.ndarray, chal: np.ndarray, level: float, n_boot: int = 2000, seed: int = 0):
-    """Percentile interval and two-sided p for mean(chal) - mean(base); pairs resampled jointly,
-    seeds resampled within each configuration when there are several."""
-    rng = np.random.default_rng(seed)
-    n = base.shape[0]
-    idx = rng.integers(0, n, size=(n_boot, n))
-
-    def resample(x):
-        if x.shape[1] == 1:
-            return x[idx, 0].mean(axis=1)
-        s = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
-        return np.stack([x[idx[b]][:, s[b]].mean() for b in range(n_boot)])
-
-    diffs = resample(chal) - resample(base)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
-    p = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
-    return float(lo), float(hi), float(p)
-
-
 @functools.lru_cache(maxsize=32)
 def seed_rule_rate(n_pairs: int, n_challengers: int, agreement: float, accuracy: float) -> float:
     return stats.seed_rule_false_switch(n_pairs, n_challengers, agreement, accuracy, reps=2000)
@@ -152,53 +133,11 @@ def decide(
     tau2 = float(sc["tau2"]) if sc["df"] else float("nan")
     if assumed_seed_sd is not None and not sc["df"]:
         tau2 = (assumed_seed_sd / 100) ** 2
-    seed_known = bool(sc["df"]) or assumed_seed_sd is not None
+    assumed = assumed_seed_sd is not None and not sc["df"]
+    seed_known = bool(sc["df"]) or assumed
 
     rows = {c: _row(configs[c], outcomes[c], outcomes[base_id], c == base_id, logs, tau2) for c in order}
-    res: dict = {}
-    if m and rule == "recipe":
-        eligible = stats.contenders(first, base_id, alpha) if replicated else None
-        res = stats.decide_recipes(
-            outcomes,
-            base_id,
-            alpha,
-            eligible=eligible,
-            assumed_tau2=tau2 if (assumed_seed_sd is not None and not sc["df"]) else None,
-        )
-        for j, c in enumerate(chal):
-            rows[c].update(
-                p_value=float(res["p"][j]),
-                p_adjusted=float(res["p_adjusted"][j]),
-                significant=bool(res["significant"][j]),
-                mde=float(res["mde"][j]),
-                seed_share=float(res["seed_share"][j]) if "seed_share" in res else 0.0,
-                contender=bool(eligible[c]) if eligible else None,
-            )
-            if "se" in res:
-                q = sps.t.isf(alpha / m, res["df"][j])  # the one-sided bound the test uses, at Holm's first step
-                rows[c].update(ci_low=float(res["D"][j] - q * res["se"][j]))
-            if "overturning_seed_sd" in res:
-                rows[c].update(overturning_seed_sd=float(res["overturning_seed_sd"][j]))
-    elif m and rule == "adapter_exact":
-        for c in chal:
-            r = stats.adapter_compare(outcomes[base_id], outcomes[c], alpha, m)
-            rows[c].update(p_value=float(r["p"]), mde=float(r["mde"]))
-        p_adj = stats.holm(np.array([rows[c]["p_value"] for c in chal]))
-        for c, p in zip(chal, p_adj):
-            rows[c].update(p_adjusted=float(p), significant=bool(p < alpha and rows[c]["diff"] > 0))
-    elif m and rule == "paired_bootstrap":
-        for j, c in enumerate(chal):
-            lo, hi, p = bootstrap_diff(outcomes[base_id], outcomes[c], 1 - alpha / m, seed=j + 1)
-            mde = stats.mde(outcomes[base_id], outcomes[c], alpha=alpha, m=m, exact=False)
-            rows[c].update(
-                ci_low=lo, ci_high=hi, p_value=p, p_adjusted=min(1.0, p * m), significant=lo > 0, mde=float(mde)
-            )
-    elif m:  # seed_rule: ≥ 1 more pair right and margins at least as clean (no logs → no margin evidence → equal)
-        base_ret = np.nan_to_num(rows[base_id]["retention"])
-        for c in chal:
-            r = stats.adapter_compare(outcomes[base_id], outcomes[c], alpha, m)
-            ok = rows[c]["diff_pairs"] >= 1 and np.nan_to_num(rows[c]["retention"]) >= base_ret
-            rows[c].update(significant=bool(ok), mde=float(r["mde"]))
+    _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, tau2 if assumed else None)
 
     table = pd.DataFrame([rows[c] for c in order])
     unit = "recipe" if rule == "recipe" and seed_known else "adapter"
@@ -263,6 +202,56 @@ def decide(
         planning,
         untrained_info,
     )
+
+
+def _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, assumed_tau2) -> None:
+    """Fill each challenger's row with the evidence of `rule`: p-values, bounds, MDE, significance."""
+    m = len(chal)
+    if not m:
+        return
+    if rule == "recipe":
+        eligible = stats.contenders(first, base_id, alpha) if replicated else None
+        res = stats.decide_recipes(
+            outcomes,
+            base_id,
+            alpha,
+            eligible=eligible,
+            assumed_tau2=assumed_tau2,
+        )
+        for j, c in enumerate(chal):
+            rows[c].update(
+                p_value=float(res["p"][j]),
+                p_adjusted=float(res["p_adjusted"][j]),
+                significant=bool(res["significant"][j]),
+                mde=float(res["mde"][j]),
+                seed_share=float(res["seed_share"][j]) if "seed_share" in res else 0.0,
+                contender=bool(eligible[c]) if eligible else None,
+            )
+            if "se" in res:
+                q = sps.t.isf(alpha / m, res["df"][j])  # the one-sided bound the test uses, at Holm's first step
+                rows[c].update(ci_low=float(res["D"][j] - q * res["se"][j]))
+            if "overturning_seed_sd" in res:
+                rows[c].update(overturning_seed_sd=float(res["overturning_seed_sd"][j]))
+    elif rule == "adapter_exact":
+        for c in chal:
+            r = stats.adapter_compare(outcomes[base_id], outcomes[c], alpha, m)
+            rows[c].update(p_value=float(r["p"]), mde=float(r["mde"]))
+        p_adj = stats.holm(np.array([rows[c]["p_value"] for c in chal]))
+        for c, p in zip(chal, p_adj):
+            rows[c].update(p_adjusted=float(p), significant=bool(p < alpha and rows[c]["diff"] > 0))
+    elif rule == "paired_bootstrap":
+        for j, c in enumerate(chal):
+            lo, hi, p = stats.bootstrap_diff(outcomes[base_id], outcomes[c], 1 - alpha / m, seed=j + 1)
+            mde = stats.mde(outcomes[base_id], outcomes[c], alpha=alpha, m=m, exact=False)
+            rows[c].update(
+                ci_low=lo, ci_high=hi, p_value=p, p_adjusted=min(1.0, p * m), significant=lo > 0, mde=float(mde)
+            )
+    else:  # seed_rule: ≥ 1 more pair right and margins at least as clean (no logs → no margin evidence → equal)
+        base_ret = np.nan_to_num(rows[base_id]["retention"])
+        for c in chal:
+            r = stats.adapter_compare(outcomes[base_id], outcomes[c], alpha, m)
+            ok = rows[c]["diff_pairs"] >= 1 and np.nan_to_num(rows[c]["retention"]) >= base_ret
+            rows[c].update(significant=bool(ok), mde=float(r["mde"]))
 
 
 def _row(g: pd.DataFrame, y: np.ndarray, base: np.ndarray, is_base: bool, logs, tau2: float) -> dict:

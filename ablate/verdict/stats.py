@@ -362,3 +362,22 @@ def seed_rule_false_switch(
         )
         hits, done = hits + int(win.any(-1).sum()), done + r
     return hits / reps
+
+
+def bootstrap_diff(base: np.ndarray, chal: np.ndarray, level: float, n_boot: int = 2000, seed: int = 0):
+    """Percentile interval and two-sided p for mean(chal) - mean(base); pairs resampled jointly,
+    seeds resampled within each configuration when there are several."""
+    rng = np.random.default_rng(seed)
+    n = base.shape[0]
+    idx = rng.integers(0, n, size=(n_boot, n))
+
+    def resample(x):
+        if x.shape[1] == 1:
+            return x[idx, 0].mean(axis=1)
+        s = rng.integers(0, x.shape[1], size=(n_boot, x.shape[1]))
+        return np.stack([x[idx[b]][:, s[b]].mean() for b in range(n_boot)])
+
+    diffs = resample(chal) - resample(base)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    p = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
+    return float(lo), float(hi), float(p)
