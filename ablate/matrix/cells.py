@@ -172,6 +172,7 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
                 f"{key} does not apply to {whose} ({key} belongs to {', '.join(owners)})"
                 if owners
                 else f"no cell has {key}: no objective in this matrix uses it"
+                + (f" ({key} belongs to {', '.join(objectives.owners(key))})" if objectives.owners(key) else "")
             )
         else:
             msg = f"{val!r} is not a {key} of {whose}; allowed: {values}{hint}"

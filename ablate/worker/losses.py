@@ -148,7 +148,9 @@ def gamma_po_loss(c: LogProbs, r: LogProbs, beta: float, gamma: float, tau: floa
     chosen, rejected = beta * c.avg, beta * r.avg
     gaps = chosen - rejected
     margins = gamma_po_margins(gaps, gamma, tau)
-    return LossOut(-F.logsigmoid(gaps - margins), chosen.detach(), rejected.detach(), {"margins/gamma": margins})
+    # The margins always average to γ0 (the weights stay on the simplex); their spread is what γ-PO adds.
+    logs = {"margins/gamma": margins, "margins/gamma_mad": (margins - gamma).abs()}
+    return LossOut(-F.logsigmoid(gaps - margins), chosen.detach(), rejected.detach(), logs)
 
 
 def amapo_loss(c: LogProbs, r: LogProbs, beta: float) -> LossOut:
