@@ -34,8 +34,20 @@ class LogProbs:
     n: torch.Tensor | None = None  # completion tokens scored (after truncation)
 
     @property
+    def log_ratio(self) -> torch.Tensor:
+        """Σ log π - Σ log π_ref."""
+        assert self.ref_sum is not None, "this objective needs the reference log-probs"
+        return self.sum - self.ref_sum
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        assert self.n is not None, "this objective needs the completion lengths"
+        return self.n
+
+    @property
     def ref_avg(self) -> torch.Tensor:
-        return self.ref_sum / self.n.clamp(min=1)
+        assert self.ref_sum is not None, "this objective needs the reference log-probs"
+        return self.ref_sum / self.tokens.clamp(min=1)
 
 
 class LossOut(NamedTuple):
@@ -58,21 +70,19 @@ def _batch_nll(c: LogProbs, weight: float) -> dict[str, torch.Tensor]:
     mean of the per-pair values is that number."""
     if not weight:
         return {}
-    return {"nll_loss": -c.sum * (len(c.sum) / c.n.sum().clamp(min=1)) * weight}
+    return {"nll_loss": -c.sum * (len(c.sum) / c.tokens.sum().clamp(min=1)) * weight}
 
 
 def dpo_loss(c: LogProbs, r: LogProbs, beta: float, label_smoothing: float = 0.0) -> LossOut:
     """Rafailov et al. 2023: -log σ(β·((Σπ_w - Σπref_w) - (Σπ_l - Σπref_l))); ε > 0 is cDPO."""
-    chosen = beta * (c.sum - c.ref_sum)
-    rejected = beta * (r.sum - r.ref_sum)
+    chosen, rejected = beta * c.log_ratio, beta * r.log_ratio
     return LossOut(_sigmoid_loss(chosen - rejected, label_smoothing), chosen.detach(), rejected.detach())
 
 
 def robust_loss(c: LogProbs, r: LogProbs, beta: float, label_smoothing: float) -> LossOut:
     """Chowdhury et al. 2024 (TRL `robust`): an unbiased loss under labels flipped at rate ε,
     ((1-ε)·(-log σ(βh)) - ε·(-log σ(-βh))) / (1 - 2ε), h the DPO log-ratio margin."""
-    chosen = beta * (c.sum - c.ref_sum)
-    rejected = beta * (r.sum - r.ref_sum)
+    chosen, rejected = beta * c.log_ratio, beta * r.log_ratio
     h = chosen - rejected
     eps = label_smoothing
     loss = (-(1 - eps) * F.logsigmoid(h) + eps * F.logsigmoid(-h)) / (1 - 2 * eps)
@@ -81,8 +91,7 @@ def robust_loss(c: LogProbs, r: LogProbs, beta: float, label_smoothing: float) -
 
 def hinge_loss(c: LogProbs, r: LogProbs, beta: float) -> LossOut:
     """SLiC (Zhao et al. 2023; TRL `hinge`): max(0, 1 - β·h), h the DPO log-ratio margin (1/β is the margin)."""
-    chosen = beta * (c.sum - c.ref_sum)
-    rejected = beta * (r.sum - r.ref_sum)
+    chosen, rejected = beta * c.log_ratio, beta * r.log_ratio
     return LossOut(torch.relu(1 - (chosen - rejected)), chosen.detach(), rejected.detach())
 
 
@@ -98,9 +107,8 @@ def rdpo_loss(c: LogProbs, r: LogProbs, beta: float, alpha: float) -> LossOut:
     """Park et al. 2024, R-DPO: -log σ(β·h + α·(|y_w| - |y_l|)). The RLHF objective with a length penalty
     α·|y| has the implicit reward β·log π/π_ref + α·|y|; the length term then explains the part of a
     preference that length predicts, so the policy need not learn it. Rewards are β·log-ratio (no α)."""
-    chosen = beta * (c.sum - c.ref_sum)
-    rejected = beta * (r.sum - r.ref_sum)
-    length = alpha * (c.n - r.n).to(chosen.dtype)
+    chosen, rejected = beta * c.log_ratio, beta * r.log_ratio
+    length = alpha * (c.tokens - r.tokens).to(chosen.dtype)
     return LossOut(
         -F.logsigmoid(chosen - rejected + length), chosen.detach(), rejected.detach(), {"margins/length": length}
     )
