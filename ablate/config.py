@@ -50,6 +50,10 @@ class CellConfig:
     def rank(self) -> int:
         return int(self.params["lora_rank"])
 
+    @property
+    def truncate(self) -> str:
+        return self.params.get("truncate", "none")  # left out of params (and the id) at "none"
+
     def to_json(self) -> dict[str, Any]:
         """The hashed form (also stored in cell.json): the same layout since 0.1, so ids stay stable."""
         return {
@@ -75,6 +79,8 @@ class CellConfig:
                 "ablate_version": self.ablate_version,
                 "attention": runtime.attention,
                 "eval_batch_size": self.train.eval_batch_size,
+                # POET cells score truncated training pairs, so their reference differs (key unchanged otherwise)
+                **({"truncate": self.truncate} if self.truncate != "none" else {}),
             }
         )
 

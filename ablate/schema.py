@@ -139,8 +139,10 @@ class Axes(Strict):
     seed: list[Annotated[int, Field(ge=0)]] = [0]
     lr: list[PosFloat] | None = None
     epochs: list[Annotated[int, Field(ge=1, le=1000)]] | None = None
+    # POET (Xiao et al.): `equal` cuts each training pair's chosen and rejected to the shorter one's length
+    truncate: list[Literal["none", "equal"]] | None = None
 
-    _check = field_validator("objective", "lora_rank", "seed", "lr", "epochs")(unique_nonempty)
+    _check = field_validator("objective", "lora_rank", "seed", "lr", "epochs", "truncate")(unique_nonempty)
 
 
 # `objectives:` has one block per registered objective, each with its own settings model.

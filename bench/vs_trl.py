@@ -558,11 +558,11 @@ def worker_profile(job: dict) -> dict:
                 base.model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
             )
         )
-        (total, avg, _n), t3 = clock(lambda: token_logprobs(base.lm_head(h), b.input_ids, b.loss_mask))
+        (total, avg, n), t3 = clock(lambda: token_logprobs(base.lm_head(h), b.input_ids, b.loss_mask))
         B = len(idx)
         ix = torch.tensor(idx)
-        c = LogProbs(total[:B], avg[:B], ref["c_sum"][ix].to(dev) if needs_ref else None)
-        r = LogProbs(total[B:], avg[B:], ref["r_sum"][ix].to(dev) if needs_ref else None)
+        c = LogProbs(total[:B], avg[:B], ref["c_sum"][ix].to(dev) if needs_ref else None, n[:B])
+        r = LogProbs(total[B:], avg[B:], ref["r_sum"][ix].to(dev) if needs_ref else None, n[B:])
         loss = objective(c, r, p)[0]
         _, t4 = clock(lambda: (loss.sum() / B).backward())
         h = None  # free the activations before the next phase

@@ -157,7 +157,7 @@ CASES = [
     Case(
         "unknown_objective",
         lambda w: w.m["matrix"].update(objective=["dpo", "kto"]),
-        ("m.yaml:{line}", "matrix.objective.1", "'dpo', 'simpo' or 'orpo'", "'kto'"),
+        ("m.yaml:{line}", "matrix.objective.1", "'dpo', 'simpo', 'orpo'", "or 'amapo'", "'kto'"),
         line=("objective:", "- kto"),
     ),
     Case(
@@ -369,7 +369,7 @@ CASES = [
     Case(
         "validate_unknown_objective",
         lambda w: (w.m["matrix"].update(objective=["dop"]), setattr(w, "cmd", "validate")),
-        ("m.yaml:{line}", "matrix.objective.0", "'dpo', 'simpo' or 'orpo'"),
+        ("m.yaml:{line}", "matrix.objective.0", "'dpo', 'simpo', 'orpo'", "or 'amapo'"),
         line=("objective:", "- dop"),
     ),
     Case(

@@ -75,3 +75,15 @@ def encode(rows: list[Row], tokenizer, max_length: int, prompt_budget: int, wher
     if problems:
         raise UserError(problems)
     return pairs
+
+
+def equal_lengths(pairs: list[Pair]) -> list[Pair]:
+    """POET (Xiao et al., "Bridging the reward-generation gap"): chosen and rejected keep their first
+    min(|y_w|, |y_l|) tokens, so a summed log-prob can no longer be won by length alone (the longer answer
+    loses its tail and its EOS). A pair whose shorter answer is a prefix of the longer one becomes two equal
+    answers and, for these objectives, contributes no gradient."""
+    out = []
+    for p in pairs:
+        m = min(len(p.chosen), len(p.rejected))
+        out.append(Pair(p.prompt, p.chosen[:m], p.rejected[:m], p.truncated))
+    return out

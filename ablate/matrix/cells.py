@@ -17,7 +17,9 @@ from .. import __version__, objectives
 from ..config import CellConfig, DataConfig, stable_hash
 from ..schema import MatrixSpec, yaml_number_hint
 
-AXES = ("objective", "lora_rank", "seed", "lr", "epochs")
+AXES = ("objective", "lora_rank", "seed", "lr", "epochs", "truncate")
+# Axis values that train exactly as before the axis existed: left out of the id, so older cells keep theirs.
+NEUTRAL_AXES = {"truncate": "none"}
 KEYS = (*AXES, *objectives.knob_columns())  # what exclude and decision.baseline may name
 
 
@@ -55,8 +57,11 @@ def config_label(p: dict[str, Any], extra: tuple[str, ...] = ()) -> str:
     """`simpo r8 β2 γ0.5` (plus lr…/ep… when the matrix varies them): a configuration's name."""
     parts = [str(p["objective"]), f"r{p['lora_rank']}"]
     for k, sym in objectives.symbols().items():
-        if p.get(k) is not None and p[k] == p[k]:  # skip None and NaN (absent knobs read back from Parquet)
+        # skip None and NaN (absent knobs read back from Parquet) and knobs at their neutral value
+        if p.get(k) is not None and p[k] == p[k] and not objectives.is_neutral(p["objective"], k, p[k]):
             parts.append(f"{sym}{p[k]:g}")
+    if p.get("truncate") == "equal":
+        parts.append("poet")
     parts += [f"{'lr' if k == 'lr' else 'ep'}{p[k]:g}" for k in extra]
     return " ".join(parts)
 
@@ -80,8 +85,8 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
     data = DataConfig(dict(data_hashes), spec.data.max_length, spec.data.prompt_budget)
     varied = tuple(k for k in ("lr", "epochs") if getattr(ax, k) is not None)
     cells: list[Cell] = []
-    for objective, rank, seed, lr, epochs in itertools.product(
-        ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None]
+    for objective, rank, seed, lr, epochs, truncate in itertools.product(
+        ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None], ax.truncate or ["none"]
     ):
         for knobs in getattr(spec.objectives, objective).variants():
             params = {
@@ -91,8 +96,15 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
                 **knobs,
                 "lr": lr if lr is not None else spec.train.lr,
                 "epochs": epochs if epochs is not None else spec.train.epochs,
+                "truncate": truncate,
             }
-            hashed = {k: v for k, v in params.items() if k in AXES or k in objectives.get(objective).knobs}
+            hashed = {
+                k: v
+                for k, v in params.items()
+                if (k in AXES or k in objectives.get(objective).knobs)
+                and NEUTRAL_AXES.get(k, ...) != v
+                and not objectives.is_neutral(objective, k, v)
+            }
             config = CellConfig(
                 hashed,
                 spec.train.recipe(lr=params["lr"], epochs=params["epochs"]),
@@ -168,6 +180,7 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
                 f"{key} does not apply to {whose} ({key} belongs to {', '.join(owners)})"
                 if owners
                 else f"no cell has {key}: no objective in this matrix uses it"
+                + (f" ({key} belongs to {', '.join(objectives.owners(key))})" if objectives.owners(key) else "")
             )
         else:
             msg = f"{val!r} is not a {key} of {whose}; allowed: {values}{hint}"

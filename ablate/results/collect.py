@@ -15,7 +15,7 @@ import pandas as pd
 from .. import objectives
 from .storage import UNTRAINED, Store, as_store, cell_states, read_cell_json, read_jsonl, read_parquet, read_plan
 
-PARAM_COLUMNS = ["objective", "lora_rank", "seed", *objectives.knob_columns(), "lr", "epochs"]
+PARAM_COLUMNS = ["objective", "lora_rank", "seed", *objectives.knob_columns(), "lr", "epochs", "truncate"]
 METRIC_COLUMNS = [
     "heldout_accuracy", "heldout_correct", "heldout_pairs", "heldout_margin", "heldout_loss",
     "train_margin_first", "train_margin_last", "train_loss_last", "train_pairs",

@@ -25,7 +25,7 @@ import torch
 from .. import objectives
 from ..config import CellConfig, Runtime
 from ..inputs.models import load_model, load_tokenizer
-from ..inputs.tokenize import Pair, encode
+from ..inputs.tokenize import Pair, encode, equal_lengths
 from ..schema import ModelSpec
 from .forward import Forward, collate
 from .losses import LogProbs, loss_for
@@ -75,10 +75,13 @@ def device_for(runtime: Runtime) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict]], data) -> tuple:
-    """Tokenizer, encoded pairs per split and the base model: what the recipe and the reference pass share."""
+def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict]], data, truncate="none") -> tuple:
+    """Tokenizer, encoded pairs per split and the base model: what the recipe and the reference pass share.
+    `truncate="equal"` (POET) cuts the training pairs only: every cell is judged on the same held-out pairs."""
     tok = load_tokenizer(model_spec)
     pairs = {s: encode(r, tok, data.max_length, data.prompt_budget, f"data.{s}") for s, r in rows.items()}
+    if truncate == "equal" and "train" in pairs:
+        pairs["train"] = equal_lengths(pairs["train"])
     model = load_model(model_spec, device_for(runtime), runtime.attention)
     return tok, pairs, model
 
@@ -104,15 +107,17 @@ def reference_logps(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout
     """π_ref's log-probs (the frozen base model) for every train and held-out pair. They depend only on model,
     data, lengths and eval batch — not on rank, β or seed — so one computation serves every cell that needs
     them (see CellConfig.reference_key)."""
-    tok, pairs, model = load_base(model_spec, runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data)
+    tok, pairs, model = load_base(
+        model_spec, runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
+    )
     fwd, bs = Forward(model.eval()), runtime.eval_batch_size or cell.train.eval_batch_size
     device = device_for(runtime)
     return {s: all_logps(fwd, ps, bs, tok.pad_token_id, device, runtime.shares_prompt) for s, ps in pairs.items()}
 
 
-def _sides(total, avg, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
-    c = LogProbs(total[:B], avg[:B], None if ref is None else ref["c_sum"][idx].to(total.device))
-    r = LogProbs(total[B:], avg[B:], None if ref is None else ref["r_sum"][idx].to(total.device))
+def _sides(total, avg, n, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
+    c = LogProbs(total[:B], avg[:B], None if ref is None else ref["c_sum"][idx].to(total.device), n[:B])
+    r = LogProbs(total[B:], avg[B:], None if ref is None else ref["r_sum"][idx].to(total.device), n[B:])
     return c, r
 
 
@@ -125,6 +130,7 @@ class _Stats:
     rejected_reward: torch.Tensor
     chosen: LogProbs
     rejected: LogProbs
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)  # the objective's own per-pair values
 
 
 def _metrics(prefix: str, s: _Stats, scoring: str) -> dict[str, float]:
@@ -139,6 +145,7 @@ def _metrics(prefix: str, s: _Stats, scoring: str) -> dict[str, float]:
         f"{prefix}rewards/accuracies": (cr > rr).float().mean().item(),
         f"{prefix}logps/chosen": c.detach().mean().item(),
         f"{prefix}logps/rejected": r.detach().mean().item(),
+        **{f"{prefix}{k}": v.mean().item() for k, v in s.logs.items()},
     }
 
 
@@ -150,6 +157,7 @@ def _cat(stats: list[_Stats]) -> _Stats:
         cat([s.rejected_reward for s in stats]),
         LogProbs(cat([s.chosen.sum for s in stats]), cat([s.chosen.avg for s in stats])),
         LogProbs(cat([s.rejected.sum for s in stats]), cat([s.rejected.avg for s in stats])),
+        {k: cat([s.logs[k] for s in stats]) for k in stats[0].logs},
     )
 
 
@@ -182,7 +190,7 @@ class Recipe:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)  # a Ray worker may train several cells: peak per cell
         tok, pairs, model = load_base(
-            self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data
+            self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
         )
         self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
         model = get_peft_model(
@@ -240,12 +248,13 @@ class Recipe:
         for m in range(0, len(idx), self.micro):
             hooks.before_batch(self.micro)
             b = collate(self.train_pairs, idx[m : m + self.micro], self.pad, self.share).to(self.device)
-            total, avg, _ = self.policy(b)
-            c, r = _sides(total, avg, len(b.index), ref, torch.tensor(b.index))
-            loss, cr, rr = self.loss(c, r, self.cell.params)
-            (loss.sum() / len(idx)).backward()
+            total, avg, n = self.policy(b)
+            c, r = _sides(total, avg, n, len(b.index), ref, torch.tensor(b.index))
+            out = self.loss(c, r, self.cell.params)  # batch-dependent objectives see this micro-batch
+            (out.loss.sum() / len(idx)).backward()
             state.tokens += b.tokens  # counted as [prompt, completion] rows, as TRL would see them
-            stats.append(_Stats(loss.detach(), cr, rr, c, r))
+            logs = {k: v.detach() for k, v in out.logs.items()}
+            stats.append(_Stats(out.loss.detach(), out.chosen_reward, out.rejected_reward, c, r, logs))
         return stats
 
     def train(self, state: TrainState, hooks: Hooks) -> TrainState:
@@ -296,9 +305,17 @@ class Recipe:
         n = len(self.held_pairs)
         idx = torch.arange(n)
         ref = self.ref["heldout"] if self.ref else None
-        c, r = _sides(torch.cat([lp["c_sum"], lp["r_sum"]]), torch.cat([lp["c_avg"], lp["r_avg"]]), n, ref, idx)
-        loss, cr, rr = self.loss(c, r, self.cell.params)
-        m = _metrics("eval_", _Stats(loss, cr, rr, c, r), self.objective.scoring)
+        cat = torch.cat
+        c, r = _sides(
+            cat([lp["c_sum"], lp["r_sum"]]),
+            cat([lp["c_avg"], lp["r_avg"]]),
+            cat([lp["c_len"], lp["r_len"]]),
+            n,
+            ref,
+            idx,
+        )
+        loss, cr, rr, logs = self.loss(c, r, self.cell.params)  # the held-out set is one batch
+        m = _metrics("eval_", _Stats(loss, cr, rr, c, r, logs), self.objective.scoring)
         m["eval_accuracy"] = m["eval_rewards/accuracies"]
         rows = pd.DataFrame(
             {
