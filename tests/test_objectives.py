@@ -185,7 +185,7 @@ def test_new_objectives_end_to_end_columns_logs_and_report(tmp_path):
     m["matrix"].update(objective=["dpo", "ipo", "rdpo", "gamma_po", "amapo", "cpo"], truncate=["none", "equal"])
     m["objectives"] = {"rdpo": {"alpha": [0.1, 1.0]}, "gamma_po": {"tau": 1.0}}
     m["exclude"] = [{"truncate": "equal", "objective": o} for o in ("ipo", "gamma_po", "amapo", "cpo")]
-    m["decision"] = {"baseline": {"objective": "dpo", "truncate": "none"}}
+    m["decision"] = {"baseline": {"objective": "dpo", "truncate": "none"}, "replicate": "off"}
     (tmp_path / "m.yaml").write_text(json.dumps(m))
     r = ablate("run", "m.yaml", "--results", "res", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -80,15 +80,9 @@ def fig_accuracy(cells: pd.DataFrame, decision, colours: dict):
     return fig
 
 
-def _rest_label(row: pd.Series, keep: list[str]) -> str:
-    from .. import objectives
-
-    parts = [str(row["objective"])]
-    for k, sym in objectives.symbols().items():
-        v = row.get(k)
-        if v is not None and v == v:
-            parts.append(f"{sym}{v:g}")
-    return " ".join(parts + [f"{k} {row[k]:g}" for k in keep if k in row and row[k] == row[k]])
+def _without_rank(config: str, rank) -> str:
+    """A configuration's label without its rank: the heat-map row it belongs to."""
+    return " ".join(t for t in config.split() if t != f"r{rank}")
 
 
 def fig_heatmap(cells: pd.DataFrame):
@@ -96,7 +90,7 @@ def fig_heatmap(cells: pd.DataFrame):
 
     done = cells[cells["status"] == "done"].copy()
     facets = [k for k in ("lr", "epochs") if k in done and done[k].nunique(dropna=True) > 1]
-    done["_row"] = [_rest_label(r, []) for _, r in done.iterrows()]
+    done["_row"] = [_without_rank(c, r) for c, r in zip(done["config"], done["lora_rank"])]
     done["_facet"] = [" ".join(f"{k} {r[k]:g}" for k in facets) or "all" for _, r in done.iterrows()]
     ranks = sorted(done["lora_rank"].unique())
     rows = list(done.groupby("_row")["heldout_accuracy"].mean().sort_values(ascending=False).index)
