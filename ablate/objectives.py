@@ -23,7 +23,8 @@ NonNeg = Annotated[float, Field(ge=0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan: lr: .inf or gamma: .inf would pass a bound like gt=0 and train NaNs
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def unique_nonempty(v: list | None) -> list | None:
@@ -31,7 +32,8 @@ def unique_nonempty(v: list | None) -> list | None:
         return v
     if not v:
         raise ValueError("must list at least one value")
-    dup = sorted({str(x) for x in v if v.count(x) > 1})
+    seen: set = set()
+    dup = sorted({str(x) for x in v if x in seen or seen.add(x)})  # linear: a hostile file may list 100,000
     if dup:
         raise ValueError(f"duplicate values {dup}; each value must appear once")
     return v

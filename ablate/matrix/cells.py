@@ -9,7 +9,10 @@ here, once, written to plan.json, and read back as columns by everything downstr
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .. import __version__, objectives
@@ -17,6 +20,7 @@ from ..config import CellConfig, DataConfig, stable_hash
 from ..schema import MatrixSpec, yaml_number_hint
 
 AXES = ("objective", "lora_rank", "seed", "lr", "epochs")
+MAX_CELLS = 10_000  # per matrix unless ABLATE_MAX_CELLS says otherwise (README, "Matrix reference")
 KEYS = (*AXES, *objectives.knob_columns())  # what exclude and decision.baseline may name
 
 
@@ -26,7 +30,7 @@ class Cell:
     params: dict[str, Any]  # as the matrix lists them (γ/β kept beside γ); config.params is what is hashed
     label_keys: tuple[str, ...] = ()  # lr / epochs, named in labels when the matrix varies them
 
-    @property
+    @cached_property  # hashed once per cell: plan.json, status and the runner all ask
     def id(self) -> str:
         return self.config.id
 
@@ -38,7 +42,7 @@ class Cell:
     def config_label(self) -> str:
         return config_label(self.params, self.label_keys)
 
-    @property
+    @cached_property
     def config_id(self) -> str:
         return config_id(self.config.to_json())
 
@@ -67,31 +71,72 @@ def matches(params: dict[str, Any], keys: dict[str, Any]) -> bool:
     return all(params.get(k) == v for k, v in keys.items())
 
 
+def max_cells() -> int:
+    """The cell-count limit: MAX_CELLS, or ABLATE_MAX_CELLS from the environment (not the matrix, so a shared
+    file cannot raise its own limit)."""
+    raw = os.environ.get("ABLATE_MAX_CELLS", "").strip()
+    if not raw:
+        return MAX_CELLS
+    if not raw.isdigit() or int(raw) < 1:
+        from ..errors import UserError
+
+        raise UserError([f"ABLATE_MAX_CELLS={raw!r}: must be a positive whole number of cells, e.g. 50000"])
+    return int(raw)
+
+
+def cell_count(spec: MatrixSpec) -> tuple[int, str]:
+    """How many cells the axes make before `exclude`, and the product that makes them, computed without
+    building one: '2 lora_rank × 5000 seed × (dpo: 1 + simpo: 1)'."""
+    ax = spec.matrix
+    shared = [(k, len(getattr(ax, k))) for k in AXES[1:] if getattr(ax, k) is not None]
+    per: list[tuple[str, int, str]] = []
+    for name in ax.objective:
+        settings = getattr(spec.objectives, name)
+        # every listed knob multiplies (SimPO's gamma and gamma_beta_ratio are never both given)
+        fields = [(f.alias or n, getattr(settings, n)) for n, f in type(settings).model_fields.items()]
+        lists = [(k, len(v)) for k, v in fields if v is not None]
+        per.append((name, math.prod(n for _, n in lists), " × ".join(f"{n} {k}" for k, n in lists if n > 1)))
+    total = math.prod(n for _, n in shared) * sum(n for _, n, _ in per)
+    objectives_part = " + ".join(f"{name}: {how or 1}" for name, _, how in per)
+    parts = [f"{n} {k}" for k, n in shared if n > 1] + [f"({objectives_part})" if len(per) > 1 else objectives_part]
+    return total, " × ".join(parts)
+
+
+def size_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
+    """A matrix above the cell limit, refused before a single cell is built."""
+    total, how = cell_count(spec)
+    limit = max_cells()
+    if total <= limit:
+        return []
+    return [
+        (
+            ("matrix",),
+            f"makes {total:,} cells ({how}, before exclude); ablate runs at most {limit:,} cells per matrix. "
+            f"Shorten the longest axes, or raise the limit with the environment variable ABLATE_MAX_CELLS={total} "
+            "if you mean it",
+        )
+    ]
+
+
 def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:
     ax = spec.matrix
     data = DataConfig(dict(data_hashes), spec.data.max_length, spec.data.prompt_budget)
     varied = tuple(k for k in ("lr", "epochs") if getattr(ax, k) is not None)
+    recipes: dict[tuple, Any] = {}  # one validated recipe per (lr, epochs), not one per cell
+    variants = {o: getattr(spec.objectives, o).variants() for o in ax.objective}
     cells: list[Cell] = []
     for objective, rank, seed, lr, epochs in itertools.product(
         ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None]
     ):
-        for knobs in getattr(spec.objectives, objective).variants():
-            params = {
-                "objective": objective,
-                "lora_rank": rank,
-                "seed": seed,
-                **knobs,
-                "lr": lr if lr is not None else spec.train.lr,
-                "epochs": epochs if epochs is not None else spec.train.epochs,
-            }
-            hashed = {k: v for k, v in params.items() if k in AXES or k in objectives.get(objective).knobs}
-            config = CellConfig(
-                hashed,
-                spec.train.recipe(lr=params["lr"], epochs=params["epochs"]),
-                dict(model_identity),
-                data,
-                __version__,
-            )
+        lr = lr if lr is not None else spec.train.lr
+        epochs = epochs if epochs is not None else spec.train.epochs
+        if (lr, epochs) not in recipes:
+            recipes[lr, epochs] = spec.train.recipe(lr=lr, epochs=epochs)
+        knobs_read = objectives.get(objective).knobs
+        for knobs in variants[objective]:
+            params = {"objective": objective, "lora_rank": rank, "seed": seed, **knobs, "lr": lr, "epochs": epochs}
+            hashed = {k: v for k, v in params.items() if k in AXES or k in knobs_read}
+            config = CellConfig(hashed, recipes[lr, epochs], dict(model_identity), data, __version__)
             cells.append(Cell(config, params, varied))
     return cells
 
@@ -136,6 +181,9 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
         problems.append((("decision", "baseline", bad[0]), f"unknown keys {bad}; allowed: {', '.join(KEYS)}"))
     if problems:
         return problems
+    problems = size_problems(spec)  # before building millions of cells
+    if problems:
+        return problems
 
     every = _expand_all(spec, {}, {})
     everything = [c.params for c in every]
@@ -171,7 +219,7 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
     named = [p for p in everything if matches(p, base)]
     chosen = [c for c in kept if matches(c.params, base)]
     configs = list(dict.fromkeys(c.config_label for c in chosen))
-    choices = ", ".join(list(dict.fromkeys(c.config_label for c in kept))[:6])
+    choices = ", ".join(list(dict.fromkeys(c.config_label for c in kept[:1000]))[:6])  # a few examples suffice
     if not named:
         problems.append(
             (("decision", "baseline"), f"{what} matches no cell of the matrix; choose a baseline among: {choices}")
