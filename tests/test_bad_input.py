@@ -100,6 +100,15 @@ def _latin1_matrix(w: World) -> None:
     w.text = yaml.safe_dump(w.m, sort_keys=False).replace("name: t\n", "name: t\n# caf\xe9\n").encode("latin-1")
 
 
+# 9 anchors of 9 aliases each: a billion-laughs file (9⁹ ≈ 3.9·10⁸ values expanded) in 1 KB.
+_LAUGHS = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+# Merge keys: each level merges the previous mapping four times, so the pair lists grow 4× per level.
+_MERGES = "m0: &m0 {k0: 0, k1: 1, k2: 2, k3: 3}\n" + "".join(
+    f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 4)}]}}\n" for i in range(1, 13)
+)
+
 ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, objectives, resources, storage, train"
 
 CASES = [
@@ -130,6 +139,100 @@ CASES = [
         ("m.yaml", "YAML mapping", "name, model, data, matrix"),
     ),
     Case("matrix_not_utf8", _latin1_matrix, ("m.yaml:2", "not UTF-8", "save it as UTF-8")),
+    # -- hostile or absurd files (issue 15 item 1): refused in well under a second, before anything expands ---------
+    Case(
+        "yaml_billion_laughs",  # 9 levels of 9 aliases: 1 KB of text, 10⁸ values once expanded
+        lambda w: _matrix_text(w, lambda t: t + _LAUGHS),
+        ("m.yaml:{line}", "expands to", "through anchors and aliases", "at most 100,000", "write the values out"),
+        line=("^l8:",),
+    ),
+    Case(
+        "yaml_merge_key_bomb",  # `<<` merges that double at every level
+        lambda w: _matrix_text(w, lambda t: t + _MERGES),
+        ("m.yaml:{line}", "expands to", "anchors and aliases", "at most 100,000"),
+        line=("^m12:",),
+    ),
+    Case(
+        "yaml_recursive_alias",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: &a [t, *a]")),
+        ("m.yaml:1", "recursive alias", "plain YAML"),
+    ),
+    Case(
+        "yaml_nested_too_deep",
+        lambda w: _matrix_text(w, lambda t: t + "x: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("m.yaml", "nested more than 20 levels deep", "a matrix needs at most 4"),
+    ),
+    Case(
+        "yaml_block_nested_too_deep",
+        lambda w: _matrix_text(w, lambda t: t + "".join(" " * i + f"k{i}:\n" for i in range(300)) + " " * 300 + "x\n"),
+        ("m.yaml:", "nested more than 20 levels deep"),
+    ),
+    Case(
+        "yaml_huge_scalar",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: " + "a" * 100_000)),
+        ("m.yaml:1", "a value of 100,000 characters", "at most 4,096 characters"),
+    ),
+    Case(
+        "yaml_too_many_values",  # no aliases, just a list too long for any matrix
+        lambda w: _matrix_text(w, lambda t: t + "x: [" + ",".join(["0"] * 101_000) + "]\n"),
+        ("m.yaml:{line}", "holds 101,0", "at most 100,000", "a matrix lists axes, not data"),
+        line=("^x:",),
+    ),
+    Case(
+        "matrix_file_too_big",
+        lambda w: _matrix_text(w, lambda t: t + "# " + "x" * 300_000 + "\n"),
+        ("m.yaml", "bytes; a matrix file is at most 256 KiB"),
+    ),
+    Case(
+        "matrix_not_a_regular_file",  # /dev/zero would be read forever
+        lambda w: setattr(w, "matrix_arg", Path("/dev/zero")),
+        ("/dev/zero", "not a regular file", "matrix YAML file"),
+    ),
+    Case(
+        "yaml_unknown_tag",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !env HOME")),
+        ("m.yaml:1", "YAML tag !env is not allowed", "plain YAML"),
+    ),
+    Case(
+        "yaml_set_tag",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !!set {a, b}")),
+        ("m.yaml:1", "YAML tag !!set is not allowed"),
+    ),
+    Case(
+        "yaml_int_tag_on_text",  # was a ValueError traceback
+        lambda w: _matrix_text(w, lambda t: t.replace("epochs: 1", "epochs: !!int one")),
+        ("m.yaml:{line}", "'one' cannot be read as !!int", "plain YAML"),
+        line=("epochs:",),
+    ),
+    Case(
+        "too_many_cells",  # 3 × 200 × 100 × 50 = 3,000,000 cells: refused from the product, none built
+        lambda w: w.m["matrix"].update(
+            objective=["dpo", "simpo", "orpo"],
+            lora_rank=list(range(1, 201)),
+            seed=list(range(100)),
+            lr=[i * 1e-5 for i in range(1, 51)],
+        ),
+        (
+            "m.yaml:{line}",
+            "matrix: makes 3,000,000 cells",
+            "200 lora_rank × 100 seed × 50 lr × (dpo: 1 + simpo: 1 + orpo: 1)",
+            "at most 10,000 cells",
+            "ABLATE_MAX_CELLS=3000000",
+        ),
+        line=("^matrix:",),
+    ),
+    Case(
+        "lr_infinite",  # .inf passed `lr > 0` and trained NaNs
+        lambda w: _matrix_text(w, lambda t: t.replace("lr: 0.001", "lr: .inf")),
+        ("m.yaml:{line}", "train.lr", "finite number", "a number > 0"),
+        line=("lr:",),
+    ),
+    Case(
+        "seed_beyond_torch",  # torch.manual_seed overflowed inside every cell
+        lambda w: w.m["matrix"].update(seed=[10**30]),
+        ("m.yaml:{line}", "matrix.seed.0", "less than or equal to 4294967295"),
+        line=("seed:", "- 1000"),
+    ),
     Case(
         "matrix_file_missing",
         lambda w: setattr(w, "matrix_arg", w.tmp / "nope.yaml"),

@@ -51,44 +51,65 @@ def _at(source: str, node: yaml.Node) -> str:
     return f"{source}:{node.start_mark.line + 1}"
 
 
+def _scalar_problem(node: yaml.ScalarNode, source: str) -> str | None:
+    if node.tag == _CORE + "timestamp":
+        node.tag = _CORE + "str"  # YAML 1.2: a date is text (2024-02-30 would fail to construct)
+    if len(node.value) > MAX_SCALAR:
+        return (
+            f"{_at(source, node)}: a value of {len(node.value):,} characters; ablate reads values of at most "
+            f"{MAX_SCALAR:,} characters (a path or a name)"
+        )
+    if node.tag not in _PLAIN:
+        return f"{_at(source, node)}: YAML tag {_tag(node)} is not allowed; {_PLAIN_YAML}"
+    return None
+
+
 def shape_problems(root: yaml.Node, source: str) -> list[str]:
     """Recursive aliases, expansion, depth, long scalars and tags, from the node graph alone.
 
     One pass over the *distinct* nodes (aliases share their node), so its cost is the file's size, never the
-    expansion's: each node's expanded size and height are computed once from its children's."""
-    size: dict[int, int] = {}
+    expansion's: each node's expanded size and height are computed once, from its children's."""
+    if isinstance(root, yaml.ScalarNode):
+        problem = _scalar_problem(root, source)
+        return [problem] if problem else []
+    size: dict[int, int] = {}  # expanded number of values under a collection node (itself included)
     height: dict[int, int] = {}
     on_path: set[int] = set()
+    scalars = 0
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     deep: yaml.Node | None = None
     while stack:
         node, finished = stack.pop()
         k = id(node)
+        kids = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
         if finished:
             on_path.discard(k)
-            kids = _children(node)
-            size[k] = 1 + sum(size[id(c)] for c in kids)
-            height[k] = 1 + max((height[id(c)] for c in kids), default=0)
-            if height[k] > MAX_DEPTH and deep is None:
+            n, h = 1, 0
+            for c in kids:
+                if isinstance(c, yaml.ScalarNode):
+                    n, h = n + 1, max(h, 1)
+                else:
+                    n, h = n + size[id(c)], max(h, height[id(c)])
+            size[k], height[k] = n, h + 1
+            if h + 1 > MAX_DEPTH and deep is None:
                 deep = node  # the innermost node too deep; reported unless the expansion is the bigger problem
             continue
         if k in size:
             continue
         if k in on_path:  # an alias inside the node it names
             return [f"{_at(source, node)}: a recursive alias (an anchor used inside itself); {_PLAIN_YAML}"]
-        if isinstance(node, yaml.ScalarNode):
-            if node.tag == _CORE + "timestamp":
-                node.tag = _CORE + "str"  # YAML 1.2: a date is text (2024-02-30 would fail to construct)
-            if len(node.value) > MAX_SCALAR:
-                return [
-                    f"{_at(source, node)}: a value of {len(node.value):,} characters; ablate reads values of at "
-                    f"most {MAX_SCALAR:,} characters (a path or a name)"
-                ]
         if node.tag not in _PLAIN:
             return [f"{_at(source, node)}: YAML tag {_tag(node)} is not allowed; {_PLAIN_YAML}"]
         on_path.add(k)
         stack.append((node, True))
-        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+        for c in kids:
+            if isinstance(c, yaml.ScalarNode):
+                scalars += 1  # counted per appearance: an upper bound on distinct scalars, enough for the hint
+                problem = _scalar_problem(c, source)
+                if problem:
+                    return [problem]
+            elif id(c) not in size:
+                stack.append((c, False))
     total = size[id(root)]
     if total <= MAX_VALUES:
         if deep is not None:
@@ -100,9 +121,9 @@ def shape_problems(root: yaml.Node, source: str) -> list[str]:
     # Name the top-level key that expands the most, so the message points at the line to fix.
     where, what = source, "the file"
     if isinstance(root, yaml.MappingNode) and root.value:
-        key, val = max(root.value, key=lambda kv: size[id(kv[1])])
-        where, what = _at(source, key), f"{key.value} ({size[id(val)]:,} values)"
-    if total > _distinct(root):
+        key, val = max(root.value, key=lambda kv: size.get(id(kv[1]), 1))
+        where, what = _at(source, key), f"{key.value} ({size.get(id(val), 1):,} values)"
+    if total > len(size) + scalars:
         how, fix = "expands to {:,} values through anchors and aliases (&name / *name)", "write the values out"
     else:
         how, fix = "holds {:,} values", "a matrix lists axes, not data"
@@ -110,16 +131,6 @@ def shape_problems(root: yaml.Node, source: str) -> list[str]:
         f"{where}: the matrix {how.format(total)}, most of them in {what}; a matrix file may hold at most "
         f"{MAX_VALUES:,} (a 10,000-cell matrix needs a few dozen); {fix}"
     ]
-
-
-def _distinct(root: yaml.Node) -> int:
-    seen, stack = set(), [root]
-    while stack:
-        n = stack.pop()
-        if id(n) not in seen:
-            seen.add(id(n))
-            stack.extend(_children(n))
-    return len(seen)
 
 
 def duplicate_keys(node: yaml.Node | None, source: str, path: tuple = ()) -> list[str]:
