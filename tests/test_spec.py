@@ -170,7 +170,9 @@ HOSTILE = {
     "huge_scalar": "name: " + "x" * 250_000 + "\n",
     "many_values": "x: [" + ",".join(["0"] * 120_000) + "]\n",
     "one_million_cells": yaml.safe_dump(
-        small_matrix(matrix={"objective": ["dpo", "simpo"], "lora_rank": list(range(1, 101)), "seed": list(range(5000))})
+        small_matrix(
+            matrix={"objective": ["dpo", "simpo"], "lora_rank": list(range(1, 101)), "seed": list(range(5000))}
+        )
     ),
 }
 
@@ -215,7 +217,12 @@ def test_ten_thousand_cells_expand_and_validate_fast(write_matrix, tmp_path):
 )
 def test_cell_count_from_the_product_equals_the_cells_built(objectives_block):
     m = small_matrix(objectives=objectives_block)
-    m["matrix"] = {"objective": ["dpo", "simpo", "orpo"], "lora_rank": [4, 8], "seed": [0, 1, 2], "lr": [1.0e-3, 2.0e-3]}
+    m["matrix"] = {
+        "objective": ["dpo", "simpo", "orpo"],
+        "lora_rank": [4, 8],
+        "seed": [0, 1, 2],
+        "lr": [1.0e-3, 2.0e-3],
+    }
     m["decision"] = {}
     spec = MatrixSpec.model_validate(m)
     counted, _ = cell_count(spec)
@@ -251,4 +258,8 @@ def test_aliases_within_the_limits_still_work(write_matrix):
     text = text.replace("objective:\n  - dpo\n  - simpo", "objective: &objs [dpo, simpo]")
     text += "exclude:\n- {objective: orpo}\n- &keep {seed: 7}\n- *keep\n"
     spec = load_matrix(write_matrix(text))
-    assert spec.matrix.objective == ["dpo", "simpo"] and spec.exclude == [{"objective": "orpo"}, {"seed": 7}, {"seed": 7}]
+    assert spec.matrix.objective == ["dpo", "simpo"] and spec.exclude == [
+        {"objective": "orpo"},
+        {"seed": 7},
+        {"seed": 7},
+    ]

@@ -156,6 +156,17 @@ def located(problems: list[tuple[tuple, str]], source: str, root: yaml.Node | No
     return out
 
 
+def locate(matrix: str | Path | MatrixSpec, problems: list[tuple[tuple, str]]) -> list[str]:
+    """'file:line: field: message' for problems found after loading (against the model, say); a matrix built in
+    code has no file, so its problems name the matrix and the field."""
+    if not problems:
+        return []
+    if isinstance(matrix, MatrixSpec):
+        return [f"{matrix.name}: {_name(loc)}: {msg}" for loc, msg in problems]
+    _, root = safeyaml.load(Path(matrix).read_text(encoding="utf-8"), str(matrix))  # loaded once already: it is sound
+    return located(problems, str(matrix), root)
+
+
 def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> list[str]:
     def where(loc: tuple) -> str:
         line = _line_of(root, loc)
@@ -254,6 +265,16 @@ def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
 
     data = spec.data.model_copy(update={"train": fix(spec.data.train), "heldout": fix(spec.data.heldout)})
     model = spec.model
-    if (base / model.path).is_dir() and not Path(model.path).is_absolute():
-        model = model.model_copy(update={"path": str((base / model.path).resolve())})
+    if not model.path.startswith("builtin:") and not Path(model.path).is_absolute():
+        # a folder next to the matrix, else one in the current folder: absolute, so Ray workers find it too
+        folder = next((d for d in (base / model.path, Path(model.path)) if _is_dir(d)), None)
+        if folder is not None:
+            model = model.model_copy(update={"path": str(folder.resolve())})
     return spec.model_copy(update={"data": data, "model": model})
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:  # a path too long for the filesystem is not a folder
+        return False
