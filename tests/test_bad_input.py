@@ -258,6 +258,18 @@ CASES = [
         line=("^matrix:",),
     ),
     Case(
+        "submit_billion_laughs",  # `ablate submit` reads the file the same way, before contacting any cluster
+        lambda w: (_matrix_text(w, lambda t: t + _LAUGHS), setattr(w, "cmd", "submit")),
+        ("m.yaml:{line}", "expands to", "through anchors and aliases"),
+        line=("^l8:",),
+    ),
+    Case(
+        "submit_too_many_cells",
+        lambda w: (w.m["matrix"].update(seed=list(range(20_000))), setattr(w, "cmd", "submit")),
+        ("m.yaml:{line}", "matrix: makes 40,000 cells (20,000 seed × (dpo: 1 + simpo: 1)", "ABLATE_MAX_CELLS=40000"),
+        line=("^matrix:",),
+    ),
+    Case(
         "lr_infinite",  # .inf passed `lr > 0` and trained NaNs
         lambda w: _matrix_text(w, lambda t: t.replace("lr: 0.001", "lr: .inf")),
         ("m.yaml:{line}", "train.lr", "finite number", "a number > 0"),

@@ -166,7 +166,7 @@ HOSTILE = {
     "merge_keys": "m0: &m0 {a: 0, b: 1}\n"
     + "".join(f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 8)}]}}\n" for i in range(1, 12)),
     "recursive_alias": "a: &a [1, *a]\n",
-    "deep_flow": "a: " + "[" * 200_000 + "]" * 200_000 + "\n",
+    "deep_flow": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
     "huge_scalar": "name: " + "x" * 250_000 + "\n",
     "many_values": "x: [" + ",".join(["0"] * 120_000) + "]\n",
     "one_million_cells": yaml.safe_dump(

@@ -95,10 +95,10 @@ def cell_count(spec: MatrixSpec) -> tuple[int, str]:
         # every listed knob multiplies (SimPO's gamma and gamma_beta_ratio are never both given)
         fields = [(f.alias or n, getattr(settings, n)) for n, f in type(settings).model_fields.items()]
         lists = [(k, len(v)) for k, v in fields if v is not None]
-        per.append((name, math.prod(n for _, n in lists), " × ".join(f"{n} {k}" for k, n in lists if n > 1)))
+        per.append((name, math.prod(n for _, n in lists), " × ".join(f"{n:,} {k}" for k, n in lists if n > 1)))
     total = math.prod(n for _, n in shared) * sum(n for _, n, _ in per)
     objectives_part = " + ".join(f"{name}: {how or 1}" for name, _, how in per)
-    parts = [f"{n} {k}" for k, n in shared if n > 1] + [f"({objectives_part})" if len(per) > 1 else objectives_part]
+    parts = [f"{n:,} {k}" for k, n in shared if n > 1] + [f"({objectives_part})" if len(per) > 1 else objectives_part]
     return total, " × ".join(parts)
 
 
