@@ -33,7 +33,12 @@ def unique_nonempty(v: list | None) -> list | None:
     if not v:
         raise ValueError("must list at least one value")
     seen: set = set()
-    dup = sorted({str(x) for x in v if x in seen or seen.add(x)})  # linear: a hostile file may list 100,000
+    repeated: set[str] = set()
+    for x in v:  # linear: a hostile file may list 100,000 values
+        if x in seen:
+            repeated.add(str(x))
+        seen.add(x)
+    dup = sorted(repeated)
     if dup:
         raise ValueError(f"duplicate values {dup}; each value must appear once")
     return v

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UserError
 from ..schema import MatrixSpec, ModelSpec
@@ -44,7 +45,7 @@ class Structure:
 
 def builtin_structure(path: str) -> Structure:
     """The builtin Llama / Qwen2 modules from their settings alone (tests compare it with the meta-device model)."""
-    c = BUILTIN_CONFIG
+    c: dict[str, Any] = BUILTIN_CONFIG
     cls = BUILTIN_CLASSES[path.removeprefix("builtin:")]
     arch = cls.removesuffix("ForCausalLM")
     hidden, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
