@@ -450,3 +450,20 @@ def test_hub_ids_resolve_from_the_offline_cache_and_typos_fail_fast(tmp_path, wr
     assert "model.path: no folder `tiny-qwen` next to the matrix" in res.stderr, res.stderr
     assert "not in the Hugging Face cache" in res.stderr and "did you mean `tiny-qwen-dir`?" in res.stderr
     assert seconds < 20, seconds  # was 5 minutes: every cell failing with the same connection error
+
+
+def test_conversational_rows_hash_with_their_tokenization_rule():
+    """Token ids of conversational rows changed (no doubled EOS): their cells and cached reference log-probs get new
+    ids, so nothing made with the old ids is reused; plain-text data keeps its ids (finished cells stay done)."""
+    import hashlib
+
+    from ablate.inputs.data import rows_hash
+
+    def old_hash(rows):  # the formula before the change, written out
+        h = hashlib.sha256()
+        for r in rows:
+            h.update(json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True).encode() + b"\n")
+        return h.hexdigest()[:16]
+
+    assert rows_hash([GOOD, GOOD]) == old_hash([GOOD, GOOD])
+    assert rows_hash([CONV_ROW]) != old_hash([CONV_ROW])

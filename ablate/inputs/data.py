@@ -201,8 +201,15 @@ def _row_problems(row: Any) -> list[tuple[str, str]]:
     return []
 
 
+# Conversational rows are tokenized without the extra EOS (and BOS) since issue 19; their hash carries that rule, so
+# cells and cached reference log-probs made with the old token ids are never reused. Plain-text ids are unchanged.
+_CONVERSATIONAL_RULE = b"conversational: template end of turn, no extra EOS/BOS\n"
+
+
 def rows_hash(rows: list[Row]) -> str:
     h = hashlib.sha256()
+    if any(isinstance(r["prompt"], list) for r in rows):
+        h.update(_CONVERSATIONAL_RULE)
     for r in rows:
         h.update(json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True).encode())
         h.update(b"\n")
