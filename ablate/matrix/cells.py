@@ -94,7 +94,7 @@ def cell_count(spec: MatrixSpec) -> tuple[int, str]:
         settings = getattr(spec.objectives, name)
         # every listed knob multiplies (SimPO's gamma and gamma_beta_ratio are never both given)
         fields = [(f.alias or n, getattr(settings, n)) for n, f in type(settings).model_fields.items()]
-        lists = [(k, len(v)) for k, v in fields if v is not None]
+        lists = [(k, len(v) if isinstance(v, list) else 1) for k, v in fields if v is not None]
         per.append((name, math.prod(n for _, n in lists), " × ".join(f"{n:,} {k}" for k, n in lists if n > 1)))
     total = math.prod(n for _, n in shared) * sum(n for _, n, _ in per)
     objectives_part = " + ".join(f"{name}: {how or 1}" for name, _, how in per)
@@ -122,21 +122,31 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
     ax = spec.matrix
     data = DataConfig(dict(data_hashes), spec.data.max_length, spec.data.prompt_budget)
     varied = tuple(k for k in ("lr", "epochs") if getattr(ax, k) is not None)
-    recipes: dict[tuple, Any] = {}  # one validated recipe per (lr, epochs), not one per cell
-    variants = {o: getattr(spec.objectives, o).variants() for o in ax.objective}
     cells: list[Cell] = []
+    recipes: dict[tuple, Any] = {}  # one validated recipe per (lr, epochs), not one per cell: 10,000 cells stay fast
     for objective, rank, seed, lr, epochs in itertools.product(
         ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None]
     ):
-        lr = lr if lr is not None else spec.train.lr
-        epochs = epochs if epochs is not None else spec.train.epochs
-        if (lr, epochs) not in recipes:
-            recipes[lr, epochs] = spec.train.recipe(lr=lr, epochs=epochs)
-        knobs_read = objectives.get(objective).knobs
-        for knobs in variants[objective]:
-            params = {"objective": objective, "lora_rank": rank, "seed": seed, **knobs, "lr": lr, "epochs": epochs}
-            hashed = {k: v for k, v in params.items() if k in AXES or k in knobs_read}
-            config = CellConfig(hashed, recipes[lr, epochs], dict(model_identity), data, __version__)
+        for knobs in getattr(spec.objectives, objective).variants():
+            params = {
+                "objective": objective,
+                "lora_rank": rank,
+                "seed": seed,
+                **knobs,
+                "lr": lr if lr is not None else spec.train.lr,
+                "epochs": epochs if epochs is not None else spec.train.epochs,
+            }
+            hashed = {k: v for k, v in params.items() if k in AXES or k in objectives.get(objective).knobs}
+            key = (params["lr"], params["epochs"])
+            if key not in recipes:
+                recipes[key] = spec.train.recipe(lr=params["lr"], epochs=params["epochs"])
+            config = CellConfig(
+                hashed,
+                recipes[key],
+                dict(model_identity),
+                data,
+                __version__,
+            )
             cells.append(Cell(config, params, varied))
     return cells
 
