@@ -197,11 +197,20 @@ def validate(matrix: Path = MATRIX, results: Optional[str] = RESULTS) -> None:
         )
 
 
+_TARGET = "TARGET is a results directory (results/<name>, s3://…/<name>) or a matrix YAML file"
+
+
 def _results_dir(target: str, results: Optional[str]) -> str:
     """Accept a results directory or URI, or a matrix file (whose results directory is then used)."""
     from .results.storage import join
 
-    if "://" not in target and Path(target).is_file():
+    path = Path(target)
+    if "://" not in target and path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+        inside = next((d for d in (path.parent, path.parent.parent) if (d / "plan.json").is_file()), None)
+        if inside is not None or path.suffix.lower() in (".parquet", ".json", ".jsonl", ".md", ".png", ".txt"):
+            hint = f"; {path.name} belongs to the results directory {inside}: give that" if inside else ""
+            raise UserError([f"{target}: not a matrix file or a results directory; {_TARGET}{hint}"])
+    if "://" not in target and path.is_file():
         from .matrix.yamlfile import load_matrix
 
         spec = load_matrix(target)

@@ -24,7 +24,8 @@ NonNeg = Annotated[float, Field(ge=0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # allow_inf_nan: lr: .inf or gamma: .inf would pass a bound like gt=0 and train NaNs
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 def unique_nonempty(v: list | None) -> list | None:
@@ -32,7 +33,13 @@ def unique_nonempty(v: list | None) -> list | None:
         return v
     if not v:
         raise ValueError("must list at least one value")
-    dup = sorted({str(x) for x in v if v.count(x) > 1})
+    seen: set = set()
+    repeated: set[str] = set()
+    for x in v:  # linear: a hostile file may list 100,000 values
+        if x in seen:
+            repeated.add(str(x))
+        seen.add(x)
+    dup = sorted(repeated)
     if dup:
         raise ValueError(f"duplicate values {dup}; each value must appear once")
     return v

@@ -136,7 +136,7 @@ class Axes(Strict):
 
     objective: list[Objective]
     lora_rank: list[Annotated[int, Field(ge=1, le=4096)]]
-    seed: list[Annotated[int, Field(ge=0)]] = [0]
+    seed: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = [0]  # torch, numpy and Parquet's int64 all take it
     lr: list[PosFloat] | None = None
     epochs: list[Annotated[int, Field(ge=1, le=1000)]] | None = None
     # POET (Xiao et al.): `equal` cuts each training pair's chosen and rejected to the shorter one's length

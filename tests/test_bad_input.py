@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 import ray
 import yaml
@@ -27,7 +28,7 @@ from typer.testing import CliRunner
 
 import ablate.cluster.runner
 from ablate.cli import app
-from ablate.inputs.models import builtin_model
+from ablate.inputs.models import builtin_model, builtin_tokenizer
 
 from conftest import small_matrix
 
@@ -43,9 +44,10 @@ class World:
     tmp: Path
     m: dict = field(default_factory=small_matrix)
     text: str | bytes | None = None  # raw matrix file content instead of dumping `m`
-    results: Path | None = None
+    results: Path | None | bool = None  # False: no --results option
     cmd: str = "run"
     matrix_arg: Path | None = None  # a matrix path other than the written m.yaml
+    hub: dict = field(default_factory=dict)  # huggingface_hub.constants for the case, e.g. HF_HUB_OFFLINE=True
 
     @property
     def matrix(self) -> Path:
@@ -85,6 +87,40 @@ def _remote_code_model(w: World) -> None:
     w.m["model"] = {"path": "remote-model"}
 
 
+def _model_dir(w: World, name: str, tokenizer: bool = True, config: dict | None = None) -> Path:
+    """A local model folder as save_pretrained writes it: a tiny Llama (config and weights) and ByT5's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = w.tmp / name
+    settings = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    known = {k: v for k, v in (config or {}).items() if k != "model_type"}
+    LlamaForCausalLM(LlamaConfig(**{**settings, **known})).save_pretrained(d)
+    if tokenizer:
+        builtin_tokenizer().save_pretrained(d)
+    if config and "model_type" in config:  # a config transformers does not know
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps({**cfg, **config}))
+    w.m["model"] = {"path": name}
+    return d
+
+
+def _closed_endpoint() -> str:
+    """An HTTP endpoint on loopback that nobody listens on: the hub, unreachable, answering at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _MSG(text: str) -> list[dict]:  # noqa: N802 - reads like the row literal it builds
+    return [{"role": "assistant", "content": text}]
+
+
+HELD = {**GOOD, "prompt": "Q: held\n"}
+CONV = {"prompt": [{"role": "user", "content": "hi"}], "chosen": _MSG("abc"), "rejected": _MSG("xyz")}
+
+
 def _unwritable_results(w: World) -> None:
     if os.geteuid() != 0:  # the realistic case: re-running on finished results that are now read-only
         w.results = w.tmp / "results"
@@ -100,6 +136,15 @@ def _matrix_text(w: World, edit: Callable[[str], str]) -> None:
 def _latin1_matrix(w: World) -> None:
     w.text = yaml.safe_dump(w.m, sort_keys=False).replace("name: t\n", "name: t\n# caf\xe9\n").encode("latin-1")
 
+
+# 9 anchors of 9 aliases each: a billion-laughs file (9⁹ ≈ 3.9·10⁸ values expanded) in 1 KB.
+_LAUGHS = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+# Merge keys: each level merges the previous mapping four times, so the pair lists grow 4× per level.
+_MERGES = "m0: &m0 {k0: 0, k1: 1, k2: 2, k3: 3}\n" + "".join(
+    f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 4)}]}}\n" for i in range(1, 13)
+)
 
 ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, objectives, resources, storage, train"
 
@@ -131,6 +176,112 @@ CASES = [
         ("m.yaml", "YAML mapping", "name, model, data, matrix"),
     ),
     Case("matrix_not_utf8", _latin1_matrix, ("m.yaml:2", "not UTF-8", "save it as UTF-8")),
+    # -- hostile or absurd files (issue 15 item 1): refused in well under a second, before anything expands ---------
+    Case(
+        "yaml_billion_laughs",  # 9 levels of 9 aliases: 1 KB of text, 10⁸ values once expanded
+        lambda w: _matrix_text(w, lambda t: t + _LAUGHS),
+        ("m.yaml:{line}", "expands to", "through anchors and aliases", "at most 100,000", "write the values out"),
+        line=("^l8:",),
+    ),
+    Case(
+        "yaml_merge_key_bomb",  # `<<` merges that double at every level
+        lambda w: _matrix_text(w, lambda t: t + _MERGES),
+        ("m.yaml:{line}", "expands to", "anchors and aliases", "at most 100,000"),
+        line=("^m12:",),
+    ),
+    Case(
+        "yaml_recursive_alias",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: &a [t, *a]")),
+        ("m.yaml:1", "recursive alias", "plain YAML"),
+    ),
+    Case(
+        "yaml_nested_too_deep",
+        lambda w: _matrix_text(w, lambda t: t + "x: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("m.yaml", "nested more than 20 levels deep", "a matrix needs at most 4"),
+    ),
+    Case(
+        "yaml_block_nested_too_deep",
+        lambda w: _matrix_text(w, lambda t: t + "".join(" " * i + f"k{i}:\n" for i in range(300)) + " " * 300 + "x\n"),
+        ("m.yaml:", "nested more than 20 levels deep"),
+    ),
+    Case(
+        "yaml_huge_scalar",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: " + "a" * 100_000)),
+        ("m.yaml:1", "a value of 100,000 characters", "at most 4,096 characters"),
+    ),
+    Case(
+        "yaml_too_many_values",  # no aliases, just a list too long for any matrix
+        lambda w: _matrix_text(w, lambda t: t + "x: [" + ",".join(["0"] * 101_000) + "]\n"),
+        ("m.yaml:{line}", "holds 101,0", "at most 100,000", "a matrix lists axes, not data"),
+        line=("^x:",),
+    ),
+    Case(
+        "matrix_file_too_big",
+        lambda w: _matrix_text(w, lambda t: t + "# " + "x" * 300_000 + "\n"),
+        ("m.yaml", "bytes; a matrix file is at most 256 KiB"),
+    ),
+    Case(
+        "matrix_not_a_regular_file",  # /dev/zero would be read forever
+        lambda w: setattr(w, "matrix_arg", Path("/dev/zero")),
+        ("/dev/zero", "not a regular file", "matrix YAML file"),
+    ),
+    Case(
+        "yaml_unknown_tag",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !env HOME")),
+        ("m.yaml:1", "YAML tag !env is not allowed", "plain YAML"),
+    ),
+    Case(
+        "yaml_set_tag",
+        lambda w: _matrix_text(w, lambda t: t.replace("name: t", "name: !!set {a, b}")),
+        ("m.yaml:1", "YAML tag !!set is not allowed"),
+    ),
+    Case(
+        "yaml_int_tag_on_text",  # was a ValueError traceback
+        lambda w: _matrix_text(w, lambda t: t.replace("epochs: 1", "epochs: !!int one")),
+        ("m.yaml:{line}", "'one' cannot be read as !!int", "plain YAML"),
+        line=("epochs:",),
+    ),
+    Case(
+        "too_many_cells",  # 3 × 200 × 100 × 50 = 3,000,000 cells: refused from the product, none built
+        lambda w: w.m["matrix"].update(
+            objective=["dpo", "simpo", "orpo"],
+            lora_rank=list(range(1, 201)),
+            seed=list(range(100)),
+            lr=[i * 1e-5 for i in range(1, 51)],
+        ),
+        (
+            "m.yaml:{line}",
+            "matrix: makes 3,000,000 cells",
+            "200 lora_rank × 100 seed × 50 lr × (dpo: 1 + simpo: 1 + orpo: 1)",
+            "at most 10,000 cells",
+            "ABLATE_MAX_CELLS=3000000",
+        ),
+        line=("^matrix:",),
+    ),
+    Case(
+        "submit_billion_laughs",  # `ablate submit` reads the file the same way, before contacting any cluster
+        lambda w: (_matrix_text(w, lambda t: t + _LAUGHS), setattr(w, "cmd", "submit")),
+        ("m.yaml:{line}", "expands to", "through anchors and aliases"),
+        line=("^l8:",),
+    ),
+    Case(
+        "submit_too_many_cells",
+        lambda w: (w.m["matrix"].update(seed=list(range(20_000))), setattr(w, "cmd", "submit")),
+        ("m.yaml:{line}", "matrix: makes 40,000 cells (20,000 seed × (dpo: 1 + simpo: 1)", "ABLATE_MAX_CELLS=40000"),
+        line=("^matrix:",),
+    ),
+    Case(
+        "lr_infinite",  # .inf passed `lr > 0` and trained NaNs
+        lambda w: _matrix_text(w, lambda t: t.replace("lr: 0.001", "lr: .inf")),
+        ("m.yaml:{line}", "train.lr", "finite number", "a number > 0"),
+        line=("lr:",),
+    ),
+    Case(
+        "seed_beyond_torch",  # torch.manual_seed overflowed inside every cell
+        lambda w: w.m["matrix"].update(seed=[10**30]),
+        ("m.yaml:{line}", "matrix.seed.0", "less than or equal to 4294967295"),
+        line=("seed:", "- 1000"),
+    ),
     Case(
         "matrix_file_missing",
         lambda w: setattr(w, "matrix_arg", w.tmp / "nope.yaml"),
@@ -281,12 +432,135 @@ CASES = [
     Case(
         "model_dir_missing",
         lambda w: w.m.update(model={"path": str(w.tmp / "no-such-model")}),
-        ("m.yaml", "model.path", "no-such-model: no such directory", "hub id like org/name"),
+        ("m.yaml", "model.path: no folder `", "no-such-model`", "hub id like org/name"),
     ),
     Case(
         "model_relative_dir_missing",
         lambda w: w.m.update(model={"path": "models/tiny/v1"}),  # not a hub id
-        ("m.yaml", "model.path", "models/tiny/v1: no such directory", "hub id like org/name"),
+        ("m.yaml", "model.path: no folder `models/tiny/v1` next to the matrix", "hub id like org/name"),
+    ),
+    # -- where the model is (issue 19 item 1): a typo'd folder is not taken for a hub id ---------------------
+    Case(
+        "model_path_typo_offline",  # the folder is ./tiny-qwen-dir; was a connection error in every cell
+        lambda w: (
+            _model_dir(w, "tiny-qwen-dir"),
+            w.m.update(model={"path": "tiny-qwen"}),
+            w.hub.update(HF_HUB_OFFLINE=True),
+        ),
+        (
+            "m.yaml",
+            "model.path: no folder `tiny-qwen` next to the matrix",
+            "not in the Hugging Face cache",
+            "HF_HUB_OFFLINE",
+            "did you mean `tiny-qwen-dir`?",
+        ),
+    ),
+    Case(
+        "model_path_typo_hub_unreachable",
+        lambda w: (
+            _model_dir(w, "tiny-qwen-dir"),
+            w.m.update(model={"path": "tiny-qwen"}),
+            w.hub.update(ENDPOINT=_closed_endpoint()),
+        ),
+        (
+            "m.yaml",
+            "no folder `tiny-qwen`",
+            "not in the Hugging Face cache",
+            "the hub cannot be reached",
+            "tiny-qwen-dir",
+        ),
+    ),
+    Case(
+        "hub_id_not_cached_offline",
+        lambda w: (w.m.update(model={"path": "some-org/some-model"}), w.hub.update(HF_HUB_OFFLINE=True)),
+        (
+            "m.yaml",
+            "no folder `some-org/some-model`",
+            "not in the Hugging Face cache",
+            "hf download some-org/some-model",
+        ),
+    ),
+    Case(
+        "model_folder_without_tokenizer",  # was a ValueError traceback from AutoTokenizer
+        lambda w: _model_dir(w, "m", tokenizer=False),
+        ("m.yaml", "model.path", "holds config.json but no tokenizer", "tokenizer.save_pretrained"),
+    ),
+    Case(
+        "model_config_unknown_architecture",
+        lambda w: _model_dir(w, "m", config={"model_type": "no-such-arch"}),
+        ("m.yaml", "model.path", "transformers cannot build a causal language model"),
+    ),
+    # -- the matrix against the model's structure (issue 15 item 2), before Ray and without weights ----------
+    Case(
+        "lora_target_missing",  # was a PEFT error in every cell (or a silently dropped target)
+        lambda w: w.m["train"].update(lora={"targets": ["v_proj", "q_prj"]}),
+        (
+            "m.yaml:{line}",
+            "train.lora.targets.1: 'q_prj' names no module of builtin:tiny-llama (did you mean 'q_proj'?)",
+            "LoRA can adapt: down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+        ),
+        line=("targets:", "- q_prj"),
+    ),
+    Case(
+        "lora_target_not_adaptable",
+        lambda w: w.m["train"].update(lora={"targets": ["self_attn"]}),
+        (
+            "m.yaml:{line}",
+            "train.lora.targets.0: 'self_attn' names LlamaAttention modules",
+            "adaptable here: down_proj",
+        ),
+        line=("targets:", "- self_attn"),
+    ),
+    Case(
+        "lora_rank_above_full_rank",
+        lambda w: w.m["matrix"].update(lora_rank=[4, 128]),
+        (
+            "m.yaml:{line}",
+            "matrix.lora_rank.1: 128 is above the full rank of every LoRA target",
+            "q_proj 64→64, k_proj 64→32, v_proj 64→32, o_proj 64→64",
+            "allowed: ranks up to 64",
+        ),
+        line=("lora_rank:", "- 128"),
+    ),
+    Case(
+        "max_length_beyond_context",
+        lambda w: w.m["data"].update(max_length=4096),
+        ("m.yaml:{line}", "data.max_length: 4096 tokens is longer than the context", "max_position_embeddings: 1024"),
+        line=("max_length:",),
+    ),
+    Case(
+        "flash_attention_on_cpu",
+        lambda w: (w.m["train"].update(attention="flash_attention_2"), w.m["model"].update(dtype="bfloat16")),
+        ("m.yaml:{line}", "train.attention: flash_attention_2 runs on CUDA GPUs only", "allowed on CPU: sdpa or eager"),
+        line=("attention:",),
+    ),
+    Case(
+        "flash_attention_in_float32",
+        lambda w: (w.m["train"].update(attention="flash_attention_2"), w.m.update(resources={"gpus_per_cell": 1})),
+        (
+            "m.yaml:{line}",
+            "model.dtype: float32 with train.attention flash_attention_2",
+            "allowed: bfloat16 or float16",
+        ),
+        line=("model:",),
+    ),
+    Case(
+        "bfloat16_on_a_t4",
+        lambda w: (
+            w.m["model"].update(dtype="bfloat16"),
+            w.m.update(resources={"gpus_per_cell": 1, "accelerator_type": "T4"}),
+        ),
+        (
+            "m.yaml:{line}",
+            "model.dtype: bfloat16 on resources.accelerator_type T4",
+            "allowed there: float16 or float32",
+        ),
+        line=("dtype:",),
+    ),
+    Case(
+        "tokenizer_larger_than_embedding",
+        lambda w: _model_dir(w, "m", config={"vocab_size": 300}),  # ByT5's 384 ids, 300 embedding rows
+        ("m.yaml", "model.path: the tokenizer has 384 token ids (0..383)", "embedding has 300 rows"),
     ),
     Case(
         "unknown_builtin_model",
@@ -303,6 +577,25 @@ CASES = [
         "data_file_missing",
         lambda w: w.m["data"].update(train="nope.jsonl"),
         ("nope.jsonl", "data.train", "no such file", "JSONL file of prompt/chosen/rejected"),
+    ),
+    Case(
+        "data_file_typo",  # the file is pairs.train.jsonl
+        lambda w: (
+            w.data([GOOD], [HELD]),
+            w.file("pairs.train.jsonl", "{}"),
+            w.m["data"].update(train="pairs.trian.jsonl"),
+        ),
+        ("pairs.trian.jsonl", "data.train", "no such file", "did you mean", "pairs.train.jsonl?"),
+    ),
+    Case(
+        "data_path_too_long",  # was an OSError traceback (File name too long)
+        lambda w: w.m["data"].update(train="a" * 300 + ".jsonl"),
+        ("data.train", "cannot read (File name too long)"),
+    ),
+    Case(
+        "storage_name_too_long",  # was an OSError traceback from the results check
+        lambda w: (w.m.update(storage="c" * 300), setattr(w, "results", False)),
+        ("m.yaml: storage: cannot use", "File name too long"),
     ),
     Case(
         "data_path_is_a_directory",
@@ -351,6 +644,30 @@ CASES = [
         ),
         ("tr.jsonl:2", "not UTF-8", "save it as UTF-8"),
     ),
+    # -- data mistakes (issue 19 item 2): one line each, naming file, row and field -----------------------------
+    Case(
+        "mixed_layout_text_prompt_message_completions",  # was a raw ValueError traceback, exit 1
+        lambda w: w.data([GOOD, {"prompt": "Q: x\n", "chosen": _MSG("a"), "rejected": _MSG("b")}], [HELD]),
+        ("tr.jsonl:2", "chosen, rejected: message list(s) but prompt: text", "standard", "conversational"),
+    ),
+    Case(
+        "mixed_layout_message_prompt_text_completions",
+        lambda w: w.data([GOOD], [{"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"}]),
+        ("he.jsonl:1", "prompt: message list(s) but chosen, rejected: text", "all three message lists"),
+    ),
+    Case(
+        "implicit_prompt_rows_grouped",  # no prompt column: was one line per row and a wrong total
+        lambda w: w.data([{"chosen": _MSG("a") * 2, "rejected": _MSG("b") * 2}] * 360, [HELD]),
+        ("tr.jsonl:1", "missing field(s) ['prompt']", "[360 rows: lines 1, 2, 3, …]"),
+    ),
+    Case(
+        "conversational_data_builtin_model",  # was printed twice, naming neither file nor field
+        lambda w: w.data([CONV], [{**CONV, "prompt": [{"role": "user", "content": "held"}]}]),
+        (
+            "tr.jsonl:1: data.train: prompt: a conversational row (message lists) needs a chat template",
+            "builtin:tiny-llama has none (1 in data.train, 1 in data.heldout)",
+        ),
+    ),
     Case(
         "max_length_shorter_than_every_prompt",
         lambda w: w.m["data"].update(max_length=12),
@@ -362,9 +679,23 @@ CASES = [
     Case(
         "results_path_is_a_file",
         lambda w: setattr(w, "results", w.file("results-file", "not a dir")),
-        ("m.yaml", "storage", "results-file is a file, not a directory", "choose another results path"),
+        ("m.yaml: --results: ", "results-file is a file, not a directory", "choose another results path"),
     ),
-    Case("unwritable_results_dir", _unwritable_results, ("m.yaml", "storage", "is not writable")),
+    Case("unwritable_results_dir", _unwritable_results, ("m.yaml: --results: ", "is not writable")),
+    Case(
+        "storage_in_the_matrix_is_a_file",  # no --results: the message names the matrix's field
+        lambda w: (w.file("results-file", "x"), w.m.update(storage="results-file"), setattr(w, "results", False)),
+        ("m.yaml: storage: results-file is a file, not a directory",),
+    ),
+    Case(
+        "status_on_a_parquet_file",  # was "not UTF-8 text", as if it were a matrix
+        lambda w: (setattr(w, "cmd", "status"), setattr(w, "matrix_arg", w.tmp / "results" / "t" / "cells.parquet")),
+        (
+            "cells.parquet: not a matrix file or a results directory",
+            "TARGET is a results directory (results/<name>, s3://…/<name>) or a matrix YAML file",
+            "belongs to the results directory",
+        ),
+    ),
     # -- the same checks behind the other commands ---------------------------------------------
     Case(
         "validate_unknown_objective",
@@ -422,15 +753,19 @@ def test_bad_input_is_rejected_before_ray_with_one_clear_message(case, tmp_path,
     ray_before = ray.is_initialized()  # another test module may have left Ray running; we must not start it
     w = World(tmp_path)
     _finished_results(tmp_path / "results")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # empty
     case.build(w)
+    for name, value in w.hub.items():  # as if the variable had been set before the process started
+        monkeypatch.setattr(huggingface_hub.constants, name, value)
     if w.text is None:
         w.text = yaml.safe_dump(w.m, sort_keys=False)
     if w.matrix_arg is None:
         w.file("m.yaml", w.text)
-    results = w.results if w.results is not None else tmp_path / "results"
+    results = w.results if w.results not in (None, False) else tmp_path / "results"
     before = _snapshot(tmp_path)
     try:
-        res = CliRunner().invoke(app, [w.cmd, str(w.matrix_arg or w.matrix), "--results", str(results)])
+        opts = [] if w.results is False else ["--results", str(results)]
+        res = CliRunner().invoke(app, [w.cmd, str(w.matrix_arg or w.matrix), *opts])
     finally:
         if os.geteuid() != 0:
             (tmp_path / "results" / "t").chmod(0o755)

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -133,7 +134,7 @@ def test_local_model_dir_with_remote_code_needs_opt_in(tmp_path, write_matrix):
     m = small_matrix(model={"path": str(model_dir)})
     with pytest.raises(UserError, match="trust_remote_code"):
         make_plan(write_matrix(m), results=tmp_path / "r")
-    with pytest.raises(UserError, match="no such directory"):
+    with pytest.raises(UserError, match="no folder `.*missing`"):
         make_plan(write_matrix(small_matrix(model={"path": str(tmp_path / "missing")})), results=tmp_path / "r")
 
 
@@ -267,3 +268,203 @@ def test_unreachable_store_is_one_clear_line(tmp_path, write_matrix, monkeypatch
     assert res.exit_code == 2 and "Traceback" not in res.output, res.output
     (line,) = [ln for ln in res.output.splitlines() if ln.startswith("  ✗")]
     assert line.startswith("  ✗ data.train: s3://prefs/train.jsonl: cannot read (") and "endpoint" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped data problems and mixed layouts (issue 19 item 2).
+
+
+def test_repeated_problems_are_one_line_per_kind_with_exact_counts(write_jsonl):
+    bad = [{"chosen": "a", "rejected": "b"}] * 250 + ["{oops"] * 4 + [{"prompt": "p", "chosen": "x", "rejected": "x"}]
+    path = write_jsonl(
+        [GOOD, *bad, {"prompt": "p", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}], "d.jsonl"
+    )
+    with pytest.raises(UserError) as e:
+        load_rows(str(path), "train")
+    assert e.value.problems == [
+        f"{path}:2: missing field(s) ['prompt']; each row needs prompt, chosen, rejected [250 rows: lines 2, 3, 4, …]",
+        f"{path}:252: not valid JSON (Expecting property name enclosed in double quotes at column 2); a JSONL file "
+        "holds one JSON object per line [4 rows: lines 252, 253, 254, …]",
+        f"{path}:256: chosen == rejected; a pair must differ",
+        f"{path}:257: chosen: message list(s) but prompt, rejected: text; a row is standard (prompt, chosen and "
+        "rejected all text) or conversational (all three message lists), as in TRL",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversational rows: the chat template's own tokens, not one more EOS or BOS (issue 19 item 2).
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
+    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)  # Qwen2's template; Qwen's EOS is <|im_end|>, so each turn already ends in EOS
+
+
+def chatml_tokenizer():
+    tok = builtin_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = CHATML
+    return tok
+
+
+CONV_ROW = {
+    "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    "chosen": [{"role": "assistant", "content": "abc"}],
+    "rejected": [{"role": "assistant", "content": "xyzw"}],
+}
+
+
+def test_chatml_completion_ends_with_one_end_of_turn_like_the_template():
+    """Before: each completion ended <|im_end|>\\n<|im_end|> (the template's end of turn, then EOS again)."""
+    tok = chatml_tokenizer()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id == im_end
+    (pair,) = encode([CONV_ROW], tok, 256, 128, "t")
+    for side in ("chosen", "rejected"):
+        ids = getattr(pair, side)
+        template = tok.apply_chat_template(CONV_ROW["prompt"] + CONV_ROW[side], tokenize=True)["input_ids"]
+        assert pair.prompt + ids == template, side  # the template's own ids, token for token
+        assert ids.count(im_end) == 1 and ids[-2:] == [im_end, tok.convert_tokens_to_ids("\n")], side
+    (plain,) = encode([GOOD], tok, 256, 128, "t")
+    assert plain.chosen[-1] == im_end and plain.chosen.count(im_end) == 1  # plain text still gets its EOS
+
+
+def test_a_template_that_writes_bos_gets_it_once():
+    tok = chatml_tokenizer()
+    tok.add_special_tokens({"bos_token": "<|begin|>"})
+    tok.chat_template = "{{ bos_token }}" + CHATML  # as Llama 3's template starts with <|begin_of_text|>
+    (pair,) = encode([CONV_ROW], tok, 256, 128, "t")
+    template = tok.apply_chat_template(CONV_ROW["prompt"] + CONV_ROW["chosen"], tokenize=True)["input_ids"]
+    assert pair.prompt + pair.chosen == template and pair.prompt.count(tok.bos_token_id) == 1
+    (plain,) = encode([GOOD], tok, 256, 128, "t")
+    assert plain.prompt[0] == tok.bos_token_id  # plain text: the tokenizer's BOS, as before
+
+
+def test_conversational_data_with_a_chatml_model_folder_validates(tmp_path, write_jsonl, write_matrix):
+    """A local folder with a ChatML tokenizer and an embedding sized to it: chat template and vocabulary agree."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = chatml_tokenizer()
+    d = tmp_path / "chatml-model"
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+        )
+    ).save_pretrained(d)
+    tok.save_pretrained(d)
+    rows = [{**CONV_ROW, "prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(6)]
+    m = small_matrix(model={"path": "chatml-model"})
+    m["data"] = {"train": str(write_jsonl(rows[:4], "tr.jsonl")), "heldout": str(write_jsonl(rows[4:], "he.jsonl"))}
+    res = CliRunner().invoke(app, ["validate", str(write_matrix(m)), "--results", str(tmp_path / "r")])
+    assert res.exit_code == 0 and "4 training pairs, 2 held-out pairs" in res.output, res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# The model's structure without its weights (issue 15 item 2).
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2"])
+def test_builtin_structure_from_settings_matches_the_meta_device_model(name):
+    """The driver reads builtin structure from plain numbers (no torch); it must be the real model's."""
+    import torch
+
+    from ablate.inputs.structure import _dims, builtin_structure
+
+    s = builtin_structure(f"builtin:{name}")
+    with torch.device("meta"):
+        model = builtin_model(name)
+    real = tuple((n, type(m).__name__, _dims(m)) for n, m in model.named_modules())
+    assert tuple((m.name, m.kind, m.dims) for m in s.modules) == real
+    assert s.embedding_rows == model.get_input_embeddings().num_embeddings
+    assert s.context == model.config.max_position_embeddings
+
+
+def test_a_7b_config_is_checked_without_weights(tmp_path, write_matrix):
+    """A Llama-2-7B-shaped config.json and a tokenizer, no weights file: validate checks targets and ranks against
+    the real module shapes (meta device), in seconds and without 27 GB of memory."""
+    import resource
+
+    from transformers import LlamaConfig
+
+    d = tmp_path / "llama-7b-shaped"
+    LlamaConfig(
+        vocab_size=384,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+    ).save_pretrained(d)
+    builtin_tokenizer().save_pretrained(d)
+    m = small_matrix(model={"path": "llama-7b-shaped"})
+    m["matrix"]["lora_rank"] = [16, 2048]
+    m["decision"]["baseline"]["lora_rank"] = 16
+    m["train"]["lora"] = {"targets": ["q_proj", "k_proj", "gate"]}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        make_plan(write_matrix(m), results=tmp_path / "r")
+    assert time.perf_counter() - t < 30 and resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 2 << 20  # KiB
+    (problem,) = e.value.problems  # ranks are judged once the targets exist
+    assert "train.lora.targets.2: 'gate' names no module of" in problem and "(did you mean 'gate_proj'?)" in problem
+    m["train"]["lora"] = {"targets": ["k_proj", "v_proj"]}  # 8 KV heads × 128: full rank 1024
+    with pytest.raises(UserError) as e:
+        make_plan(write_matrix(m), results=tmp_path / "r")
+    (problem,) = e.value.problems
+    assert "matrix.lora_rank.1: 2048 is above the full rank" in problem
+    assert "(k_proj 4096→1024, v_proj 4096→1024)" in problem and "allowed: ranks up to 1024" in problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Where model.path points (issue 19 item 1), through the real command line with HF_HUB_OFFLINE and HF_HUB_CACHE.
+
+
+def _hub_cache(root, repo: str) -> None:
+    """The Hugging Face cache layout (models--org--name/refs/main → snapshots/<commit>/) holding a tiny model."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    d = root / f"models--{repo.replace('/', '--')}"
+    (d / "refs").mkdir(parents=True)
+    (d / "refs" / "main").write_text(commit)
+    builtin_model("tiny-llama").save_pretrained(d / "snapshots" / commit)
+    builtin_tokenizer().save_pretrained(d / "snapshots" / commit)
+
+
+def test_hub_ids_resolve_from_the_offline_cache_and_typos_fail_fast(tmp_path, write_matrix):
+    from conftest import ablate_cli
+
+    cache = tmp_path / "hf-cache"
+    _hub_cache(cache, "local-org/tiny-llama")
+    builtin_model("tiny-llama").save_pretrained(tmp_path / "tiny-qwen-dir")
+    builtin_tokenizer().save_pretrained(tmp_path / "tiny-qwen-dir")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    res = ablate_cli(
+        "validate", write_matrix(small_matrix(model={"path": "local-org/tiny-llama"})), "-r", tmp_path / "r", **env
+    )
+    assert res.returncode == 0 and "2 cells" in res.stdout, (res.stdout, res.stderr)  # a cached hub id, offline
+
+    t = time.perf_counter()
+    res = ablate_cli("validate", write_matrix(small_matrix(model={"path": "tiny-qwen"})), "-r", tmp_path / "r", **env)
+    seconds = time.perf_counter() - t
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "model.path: no folder `tiny-qwen` next to the matrix" in res.stderr, res.stderr
+    assert "not in the Hugging Face cache" in res.stderr and "did you mean `tiny-qwen-dir`?" in res.stderr
+    assert seconds < 20, seconds  # was 5 minutes: every cell failing with the same connection error
+
+
+def test_conversational_rows_hash_with_their_tokenization_rule():
+    """Token ids of conversational rows changed (no doubled EOS): their cells and cached reference log-probs get new
+    ids, so nothing made with the old ids is reused; plain-text data keeps its ids (finished cells stay done)."""
+    import hashlib
+
+    from ablate.inputs.data import rows_hash
+
+    def old_hash(rows):  # the formula before the change, written out
+        h = hashlib.sha256()
+        for r in rows:
+            h.update(json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True).encode() + b"\n")
+        return h.hexdigest()[:16]
+
+    assert rows_hash([GOOD, GOOD]) == old_hash([GOOD, GOOD])
+    assert rows_hash([CONV_ROW]) != old_hash([CONV_ROW])

@@ -153,9 +153,9 @@ def test_bad_matrix_fails_fast_without_touching_results(finished):
 def test_failing_cells_are_recorded_and_the_run_exits_nonzero(tmp_path):
     m = small_matrix()
     m["name"] = "broken"
-    m["train"]["lora"] = {"targets": ["no_such_proj"]}
+    m["matrix"].update(objective=["dpo"], seed=[0, 1])  # bad LoRA targets are now refused before Ray (issue 15)
     (tmp_path / "m.yaml").write_text(json.dumps(m))
-    out = ablate("run", "m.yaml", "--results", "res", cwd=tmp_path)
+    out = ablate("run", "m.yaml", "--results", "res", cwd=tmp_path, ABLATE_TEST_RAISE_AT="dpo@1")
     assert out.returncode == 1 and "2 cell(s) failed" in out.stderr
     cells = pd.read_parquet(tmp_path / "res" / "broken" / "cells.parquet")
     assert (cells["status"] == "failed").all() and cells["error_type"].notna().all()

@@ -9,14 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, small_matrix, train_directly
-from conftest import ablate_cli as ablate
 
 from ablate import objectives
 from ablate.errors import UserError
 from ablate.matrix.plan import make_plan
 from ablate.worker import losses
 from ablate.worker.losses import LogProbs, loss_for
+
+from conftest import ROOT, small_matrix, train_directly
+from conftest import ablate_cli as ablate
 
 QUICKSTART_IDS = {"35d40da8278f", "74b3717cfa50", "d0067888a6d8", "bfb86f34423c"}
 

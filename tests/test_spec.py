@@ -3,13 +3,16 @@ of axes with per-objective knobs; cell ids stable across processes."""
 
 import subprocess
 import sys
+import time
 
 import pytest
+import yaml
 
 from ablate.errors import UserError
-from ablate.matrix.cells import expand
+from ablate.matrix.cells import _expand_all, cell_count, expand
 from ablate.matrix.plan import make_plan
 from ablate.matrix.yamlfile import load_matrix, parse_matrix
+from ablate.schema import MatrixSpec
 
 from conftest import ROOT, small_matrix
 
@@ -149,3 +152,115 @@ def test_expand_is_deterministic_in_order():
     a = [c.id for c in expand(spec, {"path": "x"}, {"train": "a", "heldout": "b"})]
     b = [c.id for c in expand(spec, {"path": "x"}, {"train": "a", "heldout": "b"})]
     assert a == b and len(set(a)) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile and oversized input (issue 15 item 1): every file answers fast; a 10,000-cell matrix stays fast.
+# Times are CPU seconds of this process (time.process_time), so a loaded 2-core machine does not make them flaky.
+
+LAUGHS = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 12)
+)  # 9¹² ≈ 2.8·10¹¹ values once expanded; before the guard, validate ran for more than a minute on 9⁹
+
+HOSTILE = {
+    "billion_laughs": LAUGHS,
+    "merge_keys": "m0: &m0 {a: 0, b: 1}\n"
+    + "".join(f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 8)}]}}\n" for i in range(1, 12)),
+    "recursive_alias": "a: &a [1, *a]\n",
+    "deep_flow": "a: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "huge_scalar": "name: " + "x" * 250_000 + "\n",
+    "many_values": "x: [" + ",".join(["0"] * 120_000) + "]\n",
+    "one_million_cells": yaml.safe_dump(
+        small_matrix(
+            matrix={"objective": ["dpo", "simpo"], "lora_rank": list(range(1, 101)), "seed": list(range(5000))}
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_yaml_is_refused_in_well_under_a_second(name, write_matrix):
+    path = write_matrix(HOSTILE[name])
+    t = time.process_time()
+    with pytest.raises(UserError) as e:
+        load_matrix(path)
+    spent = time.process_time() - t
+    assert spent < 1.0, (name, spent)
+    assert len(e.value.problems) == 1 and "m.yaml" in e.value.problems[0], e.value.problems
+
+
+def test_ten_thousand_cells_expand_and_validate_fast(write_matrix, tmp_path):
+    m = small_matrix()
+    m["matrix"] = {
+        "objective": ["dpo", "simpo"],
+        "lora_rank": [4, 8],
+        "seed": list(range(50)),
+        "lr": [1.0e-4, 2.0e-4, 5.0e-4, 1.0e-3, 2.0e-3],
+        "epochs": list(range(1, 11)),
+    }
+    m["decision"]["baseline"].update(lr=1.0e-4, epochs=1)
+    t = time.process_time()
+    plan = make_plan(write_matrix(m), results=tmp_path / "r")
+    planned = time.process_time() - t
+    ids = {c["id"] for c in plan.to_json()["cells"]}  # every id and configuration hashed, as plan.json needs
+    total = time.process_time() - t
+    assert len(plan.cells) == len(ids) == 10_000 and len(plan.baseline_ids) == 50
+    assert planned < 1.5 and total < 3.0, (planned, total)
+
+
+@pytest.mark.parametrize(
+    "objectives_block",
+    [
+        {"dpo": {"beta": [0.1, 0.2, 0.5]}, "simpo": {"beta": [2.0, 2.5], "gamma": [0.3, 0.5, 1.0]}},
+        {"simpo": {"beta": [2.0, 10.0], "gamma_beta_ratio": [0.3, 0.5]}, "orpo": {"lambda": [0.1, 0.2]}},
+        {},
+    ],
+)
+def test_cell_count_from_the_product_equals_the_cells_built(objectives_block):
+    m = small_matrix(objectives=objectives_block)
+    m["matrix"] = {
+        "objective": ["dpo", "simpo", "orpo"],
+        "lora_rank": [4, 8],
+        "seed": [0, 1, 2],
+        "lr": [1.0e-3, 2.0e-3],
+    }
+    m["decision"] = {}
+    spec = MatrixSpec.model_validate(m)
+    counted, _ = cell_count(spec)
+    assert counted == len(_expand_all(spec, {}, {}))  # the formula, checked against building every cell
+
+
+def test_cell_limit_names_count_axes_and_how_to_raise_it(write_matrix, monkeypatch):
+    m = small_matrix()
+    m["matrix"]["seed"] = [0, 1, 2]  # 2 objectives × 3 seeds = 6 cells
+    path = write_matrix(m)
+    monkeypatch.setenv("ABLATE_MAX_CELLS", "5")
+    with pytest.raises(UserError) as e:
+        load_matrix(path)
+    (msg,) = e.value.problems
+    line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.startswith("matrix:"))
+    assert msg.startswith(f"{path}:{line}: matrix: makes 6 cells (3 seed × (dpo: 1 + simpo: 1), before exclude)"), msg
+    assert "at most 5 cells" in msg and "ABLATE_MAX_CELLS=6" in msg
+    monkeypatch.setenv("ABLATE_MAX_CELLS", "6")
+    assert len(expand(load_matrix(path), {}, {})) == 6
+    monkeypatch.setenv("ABLATE_MAX_CELLS", "lots")
+    with pytest.raises(UserError, match="ABLATE_MAX_CELLS='lots': must be a positive whole number"):
+        load_matrix(path)
+
+
+def test_unquoted_dates_are_text_not_a_traceback(write_matrix):
+    """YAML 1.1 reads 2024-02-30 as a date and fails constructing it (ValueError); ablate reads it as text."""
+    m = yaml.safe_dump(small_matrix(), sort_keys=False).replace("name: t", "name: 2024-02-30")
+    assert load_matrix(write_matrix(m)).name == "2024-02-30"
+
+
+def test_aliases_within_the_limits_still_work(write_matrix):
+    text = yaml.safe_dump(small_matrix(), sort_keys=False)
+    text = text.replace("objective:\n  - dpo\n  - simpo", "objective: &objs [dpo, simpo]")
+    text += "exclude:\n- {objective: orpo}\n- &keep {seed: 7}\n- *keep\n"
+    spec = load_matrix(write_matrix(text))
+    assert spec.matrix.objective == ["dpo", "simpo"] and spec.exclude == [
+        {"objective": "orpo"},
+        {"seed": 7},
+        {"seed": 7},
+    ]

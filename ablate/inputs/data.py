@@ -53,13 +53,13 @@ def _read_bytes(source: str, split: str) -> bytes:
     shown = _display(source)
     if not is_uri(source):
         path = Path(source)
-        if path.is_dir():
-            raise UserError([f"data.{split}: {source}: is a directory ({_EXPECTED})"])
-        if not path.is_file():
-            raise UserError([f"data.{split}: {source}: no such file ({_EXPECTED})"])
         try:
+            if path.is_dir():
+                raise UserError([f"data.{split}: {source}: is a directory ({_EXPECTED})"])
+            if not path.is_file():
+                raise UserError([f"data.{split}: {source}: no such file ({_EXPECTED}){_did_you_mean(path)}"])
             return path.read_bytes()
-        except OSError as e:
+        except OSError as e:  # unreadable, or a name too long for the filesystem
             raise UserError([f"data.{split}: {source}: cannot read ({e.strerror or e})"]) from None
     import pyarrow.fs as pafs
 
@@ -93,6 +93,18 @@ def _read_bytes(source: str, split: str) -> bytes:
         ) from None
 
 
+def _did_you_mean(path: Path) -> str:
+    """A file with a close name in the same folder, for a typo'd data path."""
+    import difflib
+
+    try:
+        names = sorted(p.name for p in path.parent.iterdir() if p.is_file())[:5000]
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f"; did you mean {path.parent / close[0]}?" if close else ""
+
+
 def _first_line(e: BaseException, source: str) -> str:
     text = " ".join(str(e).replace(source, _display(source)).split())  # pyarrow errors can span lines; keep one
     return text if len(text) <= 300 else text[:297] + "..."
@@ -115,55 +127,89 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise UserError([f"{shown}:{line}: data.{split}: not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
-    rows, lines, problems = [], [], []
+    rows, lines = [], []
+    found: dict[str, list[tuple[int, str]]] = {}  # kind → (line, message) of every row that has it
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(
-                f"{shown}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
-                "a JSONL file holds one JSON object per line"
-            )
+            msg = f"not valid JSON ({e.msg} at column {e.colno}); a JSONL file holds one JSON object per line"
+            found.setdefault("json", []).append((i, msg))
             continue
-        problems += [f"{shown}:{i}: {p}" for p in _row_problems(row)]
+        for kind, msg in _row_problems(row):
+            found.setdefault(kind, []).append((i, msg))
         rows.append(row)
         lines.append(i)
+    problems = [_grouped(shown, hits) for hits in found.values()]
     if not rows and not problems:
         problems.append(
             f"{shown}: data.{split}: no pairs; the {split} set needs at least one prompt/chosen/rejected line"
         )
     if problems:
-        raise UserError(problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else []))
+        raise UserError(problems)
     return Rows(rows, shown, lines)
 
 
-def _row_problems(row: Any) -> list[str]:
+def _grouped(shown: str, hits: list[tuple[int, str]]) -> str:
+    """One line per kind of problem: the first row's message, then how many rows have it and where the first are."""
+    (first, msg), n = hits[0], len(hits)
+    if n == 1:
+        return f"{shown}:{first}: {msg}"
+    where = ", ".join(str(line) for line, _ in hits[:3]) + (", …" if n > 3 else "")
+    return f"{shown}:{first}: {msg} [{n} rows: lines {where}]"
+
+
+_LAYOUTS = (
+    "a row is standard (prompt, chosen and rejected all text) or conversational (all three message lists), as in TRL"
+)
+
+
+def _row_problems(row: Any) -> list[tuple[str, str]]:
+    """(kind, message) for each problem of one row; rows with the same kind are reported on one line."""
     if not isinstance(row, dict):
-        return ["each line must be a JSON object with prompt, chosen, rejected"]
+        return [("not_object", "each line must be a JSON object with prompt, chosen, rejected")]
     missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
     if missing:
-        return [f"missing field(s) {missing}; each row needs prompt, chosen, rejected"]
+        return [(f"missing {missing}", f"missing field(s) {missing}; each row needs prompt, chosen, rejected")]
     out = []
     for k in ("prompt", "chosen", "rejected"):
         v = row[k]
         if isinstance(v, list):
             if not all(isinstance(m, dict) and "role" in m and "content" in m for m in v):
-                out.append(f"{k}: a message list must hold {{role, content}} objects")
+                out.append((f"messages {k}", f"{k}: a message list must hold {{role, content}} objects"))
             elif k != "prompt" and not v:
-                out.append(f"{k}: empty completion; a completion must be non-empty text or messages")
+                out.append((f"empty {k}", f"{k}: empty completion; a completion must be non-empty text or messages"))
         elif not isinstance(v, str):
-            out.append(f"{k}: must be a string or a list of messages, got {type(v).__name__}")
+            out.append((f"type {k}", f"{k}: must be a string or a list of messages, got {type(v).__name__}"))
         elif k != "prompt" and not v.strip():
-            out.append(f"{k}: empty completion; a completion must be non-empty text")
-    if not out and row["chosen"] == row["rejected"]:
-        out.append("chosen == rejected; a pair must differ")
-    return out
+            out.append((f"empty {k}", f"{k}: empty completion; a completion must be non-empty text"))
+    if out:
+        return out
+    lists = [k for k in ("prompt", "chosen", "rejected") if isinstance(row[k], list)]
+    if lists and len(lists) < 3:  # TRL and the chat template take one layout per row, never a mix
+        texts = [k for k in ("prompt", "chosen", "rejected") if k not in lists]
+        return [
+            (
+                f"mixed {lists}",
+                f"{', '.join(lists)}: message list(s) but {', '.join(texts)}: text; {_LAYOUTS}",
+            )
+        ]
+    if row["chosen"] == row["rejected"]:
+        return [("same", "chosen == rejected; a pair must differ")]
+    return []
+
+
+# Conversational rows are tokenized without the extra EOS (and BOS) since issue 19; their hash carries that rule, so
+# cells and cached reference log-probs made with the old token ids are never reused. Plain-text ids are unchanged.
+_CONVERSATIONAL_RULE = b"conversational: template end of turn, no extra EOS/BOS\n"
 
 
 def rows_hash(rows: list[Row]) -> str:
     h = hashlib.sha256()
+    if any(isinstance(r["prompt"], list) for r in rows):
+        h.update(_CONVERSATIONAL_RULE)
     for r in rows:
         h.update(json.dumps([r["prompt"], r["chosen"], r["rejected"]], sort_keys=True).encode())
         h.update(b"\n")

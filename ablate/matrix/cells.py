@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
+import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .. import __version__, objectives
@@ -20,6 +23,7 @@ from ..schema import MatrixSpec, yaml_number_hint
 AXES = ("objective", "lora_rank", "seed", "lr", "epochs", "truncate")
 # Axis values that train exactly as before the axis existed: left out of the id, so older cells keep theirs.
 NEUTRAL_AXES = {"truncate": "none"}
+MAX_CELLS = 10_000  # per matrix unless ABLATE_MAX_CELLS says otherwise (README, "Matrix reference")
 KEYS = (*AXES, *objectives.knob_columns())  # what exclude and decision.baseline may name
 
 
@@ -30,7 +34,7 @@ class Cell:
     label_keys: tuple[str, ...] = ()  # lr / epochs, named in labels when the matrix varies them
     replicated: bool = False  # added by adaptive replication, not listed in the matrix
 
-    @property
+    @cached_property  # hashed once per cell: plan.json, status and the runner all ask
     def id(self) -> str:
         return self.config.id
 
@@ -42,7 +46,7 @@ class Cell:
     def config_label(self) -> str:
         return config_label(self.params, self.label_keys)
 
-    @property
+    @cached_property
     def config_id(self) -> str:
         return config_id(self.config.to_json())
 
@@ -80,11 +84,59 @@ def matches(params: dict[str, Any], keys: dict[str, Any]) -> bool:
     return all(params.get(k) == v for k, v in keys.items())
 
 
+def max_cells() -> int:
+    """The cell-count limit: MAX_CELLS, or ABLATE_MAX_CELLS from the environment (not the matrix, so a shared
+    file cannot raise its own limit)."""
+    raw = os.environ.get("ABLATE_MAX_CELLS", "").strip()
+    if not raw:
+        return MAX_CELLS
+    if not raw.isdigit() or int(raw) < 1:
+        from ..errors import UserError
+
+        raise UserError([f"ABLATE_MAX_CELLS={raw!r}: must be a positive whole number of cells, e.g. 50000"])
+    return int(raw)
+
+
+def cell_count(spec: MatrixSpec) -> tuple[int, str]:
+    """How many cells the axes make before `exclude`, and the product that makes them, computed without
+    building one: '2 lora_rank × 5000 seed × (dpo: 1 + simpo: 1)'."""
+    ax = spec.matrix
+    shared = [(k, len(getattr(ax, k))) for k in AXES[1:] if getattr(ax, k) is not None]
+    per: list[tuple[str, int, str]] = []
+    for name in ax.objective:
+        settings = getattr(spec.objectives, name)
+        # every listed knob multiplies (SimPO's gamma and gamma_beta_ratio are never both given)
+        fields = [(f.alias or n, getattr(settings, n)) for n, f in type(settings).model_fields.items()]
+        lists = [(k, len(v) if isinstance(v, list) else 1) for k, v in fields if v is not None]
+        per.append((name, math.prod(n for _, n in lists), " × ".join(f"{n:,} {k}" for k, n in lists if n > 1)))
+    total = math.prod(n for _, n in shared) * sum(n for _, n, _ in per)
+    objectives_part = " + ".join(f"{name}: {how or 1}" for name, _, how in per)
+    parts = [f"{n:,} {k}" for k, n in shared if n > 1] + [f"({objectives_part})" if len(per) > 1 else objectives_part]
+    return total, " × ".join(parts)
+
+
+def size_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
+    """A matrix above the cell limit, refused before a single cell is built."""
+    total, how = cell_count(spec)
+    limit = max_cells()
+    if total <= limit:
+        return []
+    return [
+        (
+            ("matrix",),
+            f"makes {total:,} cells ({how}, before exclude); ablate runs at most {limit:,} cells per matrix. "
+            f"Shorten the longest axes, or raise the limit with the environment variable ABLATE_MAX_CELLS={total} "
+            "if you mean it",
+        )
+    ]
+
+
 def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:
     ax = spec.matrix
     data = DataConfig(dict(data_hashes), spec.data.max_length, spec.data.prompt_budget)
     varied = tuple(k for k in ("lr", "epochs") if getattr(ax, k) is not None)
     cells: list[Cell] = []
+    recipes: dict[tuple, Any] = {}  # one validated recipe per (lr, epochs), not one per cell: 10,000 cells stay fast
     for objective, rank, seed, lr, epochs, truncate in itertools.product(
         ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None], ax.truncate or ["none"]
     ):
@@ -105,9 +157,12 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
                 and NEUTRAL_AXES.get(k, ...) != v
                 and not objectives.is_neutral(objective, k, v)
             }
+            key = (params["lr"], params["epochs"])
+            if key not in recipes:
+                recipes[key] = spec.train.recipe(lr=params["lr"], epochs=params["epochs"])
             config = CellConfig(
                 hashed,
-                spec.train.recipe(lr=params["lr"], epochs=params["epochs"]),
+                recipes[key],
                 dict(model_identity),
                 data,
                 __version__,
@@ -156,6 +211,9 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
         problems.append((("decision", "baseline", bad[0]), f"unknown keys {bad}; allowed: {', '.join(KEYS)}"))
     if problems:
         return problems
+    problems = size_problems(spec)  # before building millions of cells
+    if problems:
+        return problems
 
     every = _expand_all(spec, {}, {})
     everything = [c.params for c in every]
@@ -192,7 +250,7 @@ def selection_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
     named = [p for p in everything if matches(p, base)]
     chosen = [c for c in kept if matches(c.params, base)]
     configs = list(dict.fromkeys(c.config_label for c in chosen))
-    choices = ", ".join(list(dict.fromkeys(c.config_label for c in kept))[:6])
+    choices = ", ".join(list(dict.fromkeys(c.config_label for c in kept[:1000]))[:6])  # a few examples suffice
     if not named:
         problems.append(
             (("decision", "baseline"), f"{what} matches no cell of the matrix; choose a baseline among: {choices}")

@@ -1,4 +1,4 @@
-"""Turn a matrix file into a runnable plan, or into one list of every problem — before Ray or a model.
+"""Turn a matrix file into a runnable plan, or into one list of every problem — before Ray or a model's weights.
 
 The plan holds the validated spec, the data rows and their hashes, the model identity and the cells.
 Its `plan.json` in the results directory lets `status` and `report` work without the matrix file.
@@ -12,12 +12,13 @@ from typing import Any
 
 from ..errors import UserError
 from ..inputs.data import check_leakage, load_rows, rows_hash
-from ..inputs.models import check_model_spec, load_tokenizer, model_identity
-from ..inputs.tokenize import encode
+from ..inputs.models import load_tokenizer, model_identity, resolve_model
+from ..inputs.structure import context_problems, device_problems, lora_problems, model_structure, tokenizer_problems
+from ..inputs.tokenize import encode, template_problem
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
 from ..schema import BuiltinData, MatrixSpec
 from .cells import Cell, baseline_cells, expand, selection_problems, with_seed
-from .yamlfile import load_matrix
+from .yamlfile import load_matrix, locate
 
 
 @dataclass
@@ -88,13 +89,23 @@ def results_location(spec: MatrixSpec, results: str | Path | None) -> str | Path
 
 
 def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None, check_tokens: bool = True) -> Plan:
-    """Validate a matrix and its data completely; raise one UserError listing every problem."""
+    """Validate a matrix, its model and its data completely; raise one UserError listing every problem."""
     spec = matrix if isinstance(matrix, MatrixSpec) else load_matrix(matrix)
     where = str(matrix) if not isinstance(matrix, MatrixSpec) else spec.name
+    base = None if isinstance(matrix, MatrixSpec) else Path(matrix).resolve().parent
     problems: list[str] = []
     if isinstance(matrix, MatrixSpec):  # built in code: the file loader's cross-field checks did not run
         problems += [f"{where}: {'.'.join(map(str, loc))}: {msg}" for loc, msg in selection_problems(spec)]
-    problems += [f"{where}: {p}" for p in check_model_spec(spec.model)]
+    model_problems = [f"{where}: {p}" for p in resolve_model(spec.model, base)]
+    problems += model_problems + locate(matrix, device_problems(spec))
+    structure = None
+    if not model_problems:  # the model's modules and sizes, without its weights
+        try:
+            structure = model_structure(spec.model)
+        except UserError as e:
+            problems += [f"{where}: {p}" for p in e.problems]
+        else:
+            problems += locate(matrix, lora_problems(spec, structure) + context_problems(spec, structure))
 
     rows: dict[str, list[dict]] = {}
     for split in ("train", "heldout"):
@@ -106,10 +117,25 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
     results_dir = results_location(spec, results)
-    problems += [f"{where}: {p}" for p in check_results_dir(results_dir)]
+    # The check names the matrix's `storage`; a root given on the command line is `--results`.
+    named = (lambda p: "--results" + p.removeprefix("storage")) if results is not None else (lambda p: p)
+    try:
+        problems += [f"{where}: {named(p)}" for p in check_results_dir(results_dir)]
+    except OSError as e:  # e.g. a name too long for the filesystem
+        problems.append(f"{where}: {named('storage')}: cannot use {results_dir} ({e.strerror or e})")
 
-    if check_tokens and len(rows) == 2 and not problems and _tokenizer_is_local(spec):
-        tok = load_tokenizer(spec.model)
+    tok = None
+    if check_tokens and structure is not None:
+        try:
+            tok = load_tokenizer(spec.model)
+        except UserError as e:
+            problems += [f"{where}: {p}" for p in e.problems]
+        else:
+            problems += locate(matrix, tokenizer_problems(tok, structure))
+    if tok is not None and len(rows) == 2:
+        no_template = template_problem(rows, tok, spec.model.path)
+        problems += [no_template] if no_template else []
+    if tok is not None and len(rows) == 2 and not problems:
         for split in ("train", "heldout"):
             try:
                 encode(
@@ -126,9 +152,5 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
 
     hashes = {"train": rows_hash(rows["train"]), "heldout": rows_hash(rows["heldout"])}
     cells = expand(spec, model_identity(spec.model), hashes)
-    base = baseline_cells(cells, spec)
-    return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], Store(results_dir))
-
-
-def _tokenizer_is_local(spec: MatrixSpec) -> bool:
-    return spec.model.path.startswith("builtin:") or Path(spec.model.path).is_dir()
+    base_cells = baseline_cells(cells, spec)
+    return Plan(spec, cells, [c.id for c in base_cells], rows["train"], rows["heldout"], Store(results_dir))

@@ -7,7 +7,6 @@ The schema itself is ablate/schema.py.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from .. import objectives
 from ..errors import UserError
 from ..schema import Located, MatrixSpec, yaml_number_hint
+from . import safeyaml
 from .cells import selection_problems
 
 
@@ -156,6 +156,17 @@ def located(problems: list[tuple[tuple, str]], source: str, root: yaml.Node | No
     return out
 
 
+def locate(matrix: str | Path | MatrixSpec, problems: list[tuple[tuple, str]]) -> list[str]:
+    """'file:line: field: message' for problems found after loading (against the model, say); a matrix built in
+    code has no file, so its problems name the matrix and the field."""
+    if not problems:
+        return []
+    if isinstance(matrix, MatrixSpec):
+        return [f"{matrix.name}: {_name(loc)}: {msg}" for loc, msg in problems]
+    _, root = safeyaml.load(Path(matrix).read_text(encoding="utf-8"), str(matrix))  # loaded once already: it is sound
+    return located(problems, str(matrix), root)
+
+
 def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> list[str]:
     def where(loc: tuple) -> str:
         line = _line_of(root, loc)
@@ -198,57 +209,11 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
     return list(dict.fromkeys(problems))
 
 
-def _duplicate_keys(node: yaml.Node | None, source: str, path: tuple = ()) -> list[str]:
-    """PyYAML keeps the last of two equal keys without a word; a matrix may not repeat a key."""
-    out: list[str] = []
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else None
-            if key is not None and key != "<<" and key in seen:
-                field = ".".join(map(str, (*path, key)))
-                out.append(
-                    f"{source}:{k.start_mark.line + 1}: {field}: duplicate key (first at line {seen[key]}); "
-                    "each key may appear once in a mapping"
-                )
-            elif key is not None:
-                seen[key] = k.start_mark.line + 1
-            out += _duplicate_keys(v, source, (*path, key))
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out += _duplicate_keys(v, source, (*path, i))
-    return out
-
-
 def parse_matrix(text: str, source: str = "<matrix>") -> MatrixSpec:
-    try:
-        data = yaml.safe_load(text)  # refuses !!python tags
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.constructor.ConstructorError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else "?"
-        tag = re.search(r"tag:yaml\.org,2002:(\S+?)'", str(e.problem))
-        tag = f"!!{tag.group(1)}" if tag else "here"
-        raise UserError(
-            [
-                f"{source}:{line}: YAML tag {tag} is not allowed; ablate reads plain YAML only "
-                "(mappings, lists, strings, numbers, true/false, null)"
-            ]
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(
-            [
-                f"{source}{line}: not valid YAML: {getattr(e, 'problem', e)}; a matrix is a YAML mapping "
-                "(name, model, data, matrix, ...) in plain block or flow style"
-            ]
-        ) from None
+    data, root = safeyaml.load(text, source)  # yaml.safe_load with limits: any file answers fast
     if not isinstance(data, dict):
         got = "empty" if data is None else f"a {type(data).__name__}"
         raise UserError([f"{source}: a matrix must be a YAML mapping with name, model, data, matrix, ... (got {got})"])
-    duplicates = _duplicate_keys(root, source)
-    if duplicates:
-        raise UserError(duplicates)
     try:
         spec = MatrixSpec.model_validate(data)
     except ValidationError as err:
@@ -263,13 +228,26 @@ def load_matrix(path: str | Path) -> MatrixSpec:
     """Read and validate a matrix file. Relative data paths are resolved against the file's folder."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        if path.exists() and not path.is_dir() and not path.is_file():  # /dev/zero, a FIFO: reading never ends
+            raise UserError([f"{path}: not a regular file; give the path of a matrix YAML file"])
+        with path.open("rb") as f:
+            raw = f.read(safeyaml.MAX_BYTES + 1)  # a bigger file is refused without reading it all
+            size = path.stat().st_size
     except FileNotFoundError:
         raise UserError([f"{path}: no such matrix file; give the path of a matrix YAML file"]) from None
     except IsADirectoryError:
         raise UserError([f"{path}: is a directory; give the path of a matrix YAML file"]) from None
     except PermissionError:
         raise UserError([f"{path}: permission denied; the matrix file must be readable"]) from None
+    except OSError as e:  # a name too long, a loop of links, ...
+        raise UserError([f"{path}: cannot read the matrix file ({e.strerror or e})"]) from None
+    if len(raw) > safeyaml.MAX_BYTES:
+        raise UserError(
+            [
+                f"{path}: {size:,} bytes; a matrix file is at most {safeyaml.MAX_BYTES // 1024} KiB "
+                "(a matrix lists axes, not data; put data in JSONL files)"
+            ]
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -287,6 +265,16 @@ def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
 
     data = spec.data.model_copy(update={"train": fix(spec.data.train), "heldout": fix(spec.data.heldout)})
     model = spec.model
-    if (base / model.path).is_dir() and not Path(model.path).is_absolute():
-        model = model.model_copy(update={"path": str((base / model.path).resolve())})
+    if not model.path.startswith("builtin:") and not Path(model.path).is_absolute():
+        # a folder next to the matrix, else one in the current folder: absolute, so Ray workers find it too
+        folder = next((d for d in (base / model.path, Path(model.path)) if _is_dir(d)), None)
+        if folder is not None:
+            model = model.model_copy(update={"path": str(folder.resolve())})
     return spec.model_copy(update={"data": data, "model": model})
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:  # a path too long for the filesystem is not a folder
+        return False
