@@ -134,7 +134,7 @@ RUNTIME_FIELDS = tuple(f for f in TrainSpec.model_fields if f not in TrainRecipe
 class Axes(Strict):
     """The matrix axes; the product of these lists is the set of cells."""
 
-    objective: list[Objective]
+    objective: list[Objective]  # type: ignore[valid-type]  # a Literal built from the registry
     lora_rank: list[Annotated[int, Field(ge=1, le=4096)]]
     seed: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = [0]  # torch, numpy and Parquet's int64 all take it
     lr: list[PosFloat] | None = None

@@ -129,11 +129,11 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
         raise UserError([f"{shown}:{line}: data.{split}: not UTF-8 text (byte {e.start}); save it as UTF-8"]) from None
     rows, lines = [], []
     found: dict[str, list[tuple[int, str]]] = {}  # kind → (line, message) of every row that has it
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+    for i, text_line in enumerate(text.splitlines(), 1):
+        if not text_line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(text_line)
         except json.JSONDecodeError as e:
             msg = f"not valid JSON ({e.msg} at column {e.colno}); a JSONL file holds one JSON object per line"
             found.setdefault("json", []).append((i, msg))

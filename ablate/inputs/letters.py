@@ -30,7 +30,8 @@ def _answer(rng: random.Random, n: int, favoured: str, other: str, signal: float
 def letters_task(n: int, length_skew: float = 0.0, signal: float = 0.8, seed: int = 0, split: str = "train"):
     # The split name is part of the stream so train and held-out never share pairs for the same seed.
     rng = random.Random(f"letters/{split}/{seed}")
-    rows, seen = [], set()
+    rows: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
     while len(rows) < n:
         base = rng.randint(6, 14)
         n_chosen = max(3, round(base * (1 + length_skew)))

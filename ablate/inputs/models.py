@@ -52,11 +52,12 @@ def builtin_model(name: str, dtype=None, attn_implementation: str = "sdpa"):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    common = dict(BUILTIN_CONFIG, attn_implementation=attn_implementation)
-    if name == "tiny-llama":
-        config, cls = LlamaConfig(**common), LlamaForCausalLM
-    elif name == "tiny-qwen2":
-        config, cls = Qwen2Config(**common), Qwen2ForCausalLM
+    common: dict[str, Any] = dict(BUILTIN_CONFIG, attn_implementation=attn_implementation)
+    classes: dict[str, tuple[Any, Any]] = {"tiny-llama": (LlamaConfig, LlamaForCausalLM),
+                                          "tiny-qwen2": (Qwen2Config, Qwen2ForCausalLM)}  # fmt: skip
+    if name in classes:
+        config_cls, cls = classes[name]
+        config = config_cls(**common)
     else:
         raise ValueError(f"unknown builtin model {name!r}; choose one of {BUILTIN_MODELS}")
     state = torch.random.get_rng_state()
@@ -65,7 +66,7 @@ def builtin_model(name: str, dtype=None, attn_implementation: str = "sdpa"):
         model = cls(config)
     finally:
         torch.random.set_rng_state(state)
-    return model.to(dtype or torch.float32)
+    return model.to(dtype or torch.float32)  # type: ignore[arg-type]  # transformers' stub wraps .to oddly
 
 
 def _builtin_name(spec: ModelSpec) -> str | None:

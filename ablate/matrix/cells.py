@@ -131,6 +131,11 @@ def size_problems(spec: MatrixSpec) -> list[tuple[tuple, str]]:
     ]
 
 
+def _or_none(axis: list | None) -> list:
+    """An optional axis: its values, or one None (the train block's value) when the matrix does not vary it."""
+    return list(axis) if axis is not None else [None]
+
+
 def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: dict[str, str]) -> list[Cell]:
     ax = spec.matrix
     data = DataConfig(dict(data_hashes), spec.data.max_length, spec.data.prompt_budget)
@@ -138,7 +143,7 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
     cells: list[Cell] = []
     recipes: dict[tuple, Any] = {}  # one validated recipe per (lr, epochs), not one per cell: 10,000 cells stay fast
     for objective, rank, seed, lr, epochs, truncate in itertools.product(
-        ax.objective, ax.lora_rank, ax.seed, ax.lr or [None], ax.epochs or [None], ax.truncate or ["none"]
+        ax.objective, ax.lora_rank, ax.seed, _or_none(ax.lr), _or_none(ax.epochs), ax.truncate or ["none"]
     ):
         for knobs in getattr(spec.objectives, objective).variants():
             params = {

@@ -191,8 +191,8 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
             union_seen.add(loc)
             msg = "wrong type"
         elif e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(loc)
-            msg = "unknown field" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+            here = _allowed_fields(loc)
+            msg = "unknown field" + (f"; allowed here: {', '.join(here)}" if here else "")
             owners = objectives.owners(str(loc[-1]))
             if len(loc) == 3 and loc[0] == "objectives" and owners:
                 msg += f" ({loc[-1]} belongs to {', '.join(owners)})"
