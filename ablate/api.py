@@ -21,7 +21,18 @@ def run(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validate `matrix` (a path or a MatrixSpec), train every unfinished cell on Ray, write
     cells.parquet / pairs.parquet / report.md, and return (cells, pairs) as DataFrames."""
+    import warnings
+
+    from .handoff.trackers import Trackers
+
     plan = make_plan(matrix, results)
-    run_plan(plan, address=address, num_cpus=num_cpus)
+    tracking = Trackers.for_plan(plan, warn=warnings.warn)  # report_to; a failing tracker only warns, once
+    try:
+        run_plan(plan, address=address, num_cpus=num_cpus, on_done=tracking.log_cell)
+    except BaseException:
+        tracking.close(ok=False)
+        raise
     rep = build_report(plan.results)  # collects once, writes both tables and report.md
+    tracking.log_decision(rep)
+    tracking.close()
     return rep.cells, rep.pairs

@@ -72,6 +72,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .cluster.runner import run_plan, shutdown
+    from .handoff.trackers import Trackers
     from .matrix.plan import make_plan
     from .verdict.report import build_report, print_report
 
@@ -80,6 +81,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         plan = make_plan(matrix, results)
     except UserError as e:
         _fail(e)
+    tracking = Trackers.for_plan(plan, warn=lambda msg: err.print(f"warning: {msg}", markup=False, highlight=False))
     status = plan.status()
     n_done = sum(s == "done" for s in status.values())
     console.print(
@@ -116,15 +118,18 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
             failed.append(out)
             progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
         progress.advance(task)
+        tracking.log_cell(out)  # report_to: read back from the results store; never fails the cell
 
     try:
         run_plan(plan, address=address, on_start=on_start, on_done=on_done)
     except UserError as e:  # the results are locked by another run, or no node can run a cell
         progress.stop()
         shutdown()
+        tracking.close(ok=False)
         _fail(e)
     except KeyboardInterrupt:
         progress.stop()
+        tracking.close(ok=False)
         again = (
             "submit the matrix again (`ablate submit`)"
             if os.environ.get("ABLATE_CLIENT_PYTHON")
@@ -137,6 +142,8 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         progress.stop()
     shutdown()
     rep = build_report(plan.results)
+    tracking.log_decision(rep)
+    tracking.close()
     console.print()
     print_report(rep, console)
     r = plan.results.uri

@@ -106,6 +106,10 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
     or from the URI's query (e.g. s3://bucket/key.jsonl?endpoint_override=host:9000&scheme=http)."""
     if isinstance(source, BuiltinData):
         return builtin_rows(source, split)
+    from .datasets import is_table_source, load_table_rows  # Parquet/Arrow/datasets/hub: ablate/inputs/datasets.py
+
+    if is_table_source(source):
+        return load_table_rows(source, split)
     if source.startswith("builtin:"):
         raise UserError([f"data.{split}: {source!r}: builtin data is written as a mapping, e.g. {{builtin: letters}}"])
     raw = _read_bytes(source, split)

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..handoff.provenance import provenance
+from ..handoff.trackers import tracker_problems
 from ..inputs.data import check_leakage, load_rows, rows_hash
 from ..inputs.models import check_model_spec, load_tokenizer, model_identity
+from ..inputs.split import split_from_train
 from ..inputs.tokenize import encode
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
-from ..schema import BuiltinData, MatrixSpec
+from ..schema import BuiltinData, DatasetSource, MatrixSpec, SplitFromTrain
 from .cells import Cell, baseline_cells, expand, selection_problems
 from .yamlfile import load_matrix
 
@@ -28,6 +31,7 @@ class Plan:
     train_rows: list[dict]
     heldout_rows: list[dict]
     results: Store
+    split: dict | None = None  # data.heldout.split_from_train: how the held-out pairs were carved out of train
 
     def status(self) -> dict[str, str]:
         return cell_states(self.results, [c.id for c in self.cells])
@@ -44,14 +48,18 @@ class Plan:
             ],
             "model": self.spec.model.model_dump(mode="json"),
             "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
+            "ablate": provenance(),  # version and commit of the code that planned (and shipped) the run
+            **({"split": self.split} if self.split else {}),
         }
 
     def write(self) -> None:
         write_plan(self.results, self.to_json())
 
 
-def _source_name(src: BuiltinData | str) -> str:
-    return f"builtin:{src.builtin}" if isinstance(src, BuiltinData) else src
+def _source_name(src) -> str:
+    if isinstance(src, BuiltinData):
+        return f"builtin:{src.builtin}"
+    return src.display() if isinstance(src, DatasetSource) else str(src)
 
 
 def results_location(spec: MatrixSpec, results: str | Path | None) -> str | Path:
@@ -70,10 +78,21 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
 
     rows: dict[str, list[dict]] = {}
     for split in ("train", "heldout"):
+        if isinstance(getattr(spec.data, split), SplitFromTrain):
+            continue
         try:
             rows[split] = load_rows(getattr(spec.data, split), split)
         except UserError as e:
             problems += e.problems
+    split_record = None
+    if isinstance(spec.data.heldout, SplitFromTrain) and "train" in rows:  # carved out of train: ablate/inputs/split.py
+        try:
+            rows["train"], rows["heldout"], split_record = split_from_train(
+                rows["train"], spec.data.heldout, _source_name(spec.data.train)
+            )
+        except UserError as e:
+            problems += [f"{where}: {p}" for p in e.problems]
+    problems += [f"{where}: {p}" for p in tracker_problems(spec.report_to)]
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
@@ -99,7 +118,7 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
     hashes = {"train": rows_hash(rows["train"]), "heldout": rows_hash(rows["heldout"])}
     cells = expand(spec, model_identity(spec.model), hashes)
     base = baseline_cells(cells, spec)
-    return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], Store(results_dir))
+    return Plan(spec, cells, [c.id for c in base], rows["train"], rows["heldout"], Store(results_dir), split_record)
 
 
 def _tokenizer_is_local(spec: MatrixSpec) -> bool:

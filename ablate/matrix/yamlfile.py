@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .. import objectives
 from ..errors import UserError
-from ..schema import Located, MatrixSpec, yaml_number_hint
+from ..schema import DatasetSource, Located, MatrixSpec, yaml_number_hint
 from .cells import selection_problems
 
 
@@ -281,6 +281,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
 
 def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
     def fix(p):
+        if isinstance(p, DatasetSource):
+            return p.resolved(base)
         if isinstance(p, str) and not p.startswith("builtin:") and "://" not in p and not Path(p).is_absolute():
             return str((base / p).resolve())
         return p
