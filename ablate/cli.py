@@ -43,6 +43,7 @@ JOB_ADDRESS = typer.Option(
     help="The cluster's Ray dashboard, http://HEAD:8265 (default: $RAY_ADDRESS if it is an "
     "http(s) URL). Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment.",
 )
+EXPORT_OUT = typer.Option(..., "--out", "-o", help="A new (or empty) local folder to write.", show_default=False)
 JOB_ID = typer.Option(..., "--job", "-j", help="The Ray job id printed by `ablate submit`.", show_default=False)
 
 
@@ -286,6 +287,23 @@ def report(
     except UserError as e:
         _fail(e)
     print_report(rep, console)
+
+
+@app.command()
+def export(
+    target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
+    out: Path = EXPORT_OUT,
+    cell: Optional[str] = typer.Option(None, "--cell", help="The cell id (or a unique prefix) to export."),
+    winner: bool = typer.Option(False, "--winner", help="Export the configuration the decision picked."),
+    merge: bool = typer.Option(False, "--merge", help="Also write merged full weights (merged/, the base's dtype)."),
+    seed_pool: bool = typer.Option(False, "--seed-pool", help="Export every seed of the configuration (seed-<n>/)."),
+    results: Optional[str] = RESULTS,
+) -> None:
+    """Export a finished cell: PEFT adapter + tokenizer + model card, loadable with AutoPeftModelForCausalLM."""
+    from .handoff.export import export as export_cells
+
+    with _user_errors():
+        export_cells(_results_dir(target, results), out, cell, winner, merge, seed_pool, log=console.print)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import UserError
 from ..handoff.provenance import provenance
 from ..handoff.trackers import tracker_problems
-from ..inputs.data import check_leakage, load_rows, rows_hash
+from ..inputs.data import _display, check_leakage, load_rows, rows_hash
 from ..inputs.models import check_model_spec, load_tokenizer, model_identity
 from ..inputs.split import split_from_train
 from ..inputs.tokenize import encode
@@ -47,7 +47,11 @@ class Plan:
                 for c in self.cells
             ],
             "model": self.spec.model.model_dump(mode="json"),
-            "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
+            "data": {
+                "train": hashes.get("train"),
+                "heldout": hashes.get("heldout"),
+                "sources": {s: _source_name(getattr(self.spec.data, s)) for s in ("train", "heldout")},
+            },
             "ablate": provenance(),  # version and commit of the code that planned (and shipped) the run
             **({"split": self.split} if self.split else {}),
         }
@@ -59,7 +63,9 @@ class Plan:
 def _source_name(src) -> str:
     if isinstance(src, BuiltinData):
         return f"builtin:{src.builtin}"
-    return src.display() if isinstance(src, DatasetSource) else str(src)
+    if isinstance(src, SplitFromTrain):
+        return f"split_from_train {src.split_from_train:g} (seed {src.seed})"
+    return _display(src.display() if isinstance(src, DatasetSource) else str(src))  # no keys from a URI's query
 
 
 def results_location(spec: MatrixSpec, results: str | Path | None) -> str | Path:
