@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 
 from . import objectives
 from .errors import Located, MatrixError, UserError  # noqa: F401 - MatrixError, UserError re-exported
@@ -94,9 +94,29 @@ _DATA_SOURCE = (
 )
 
 
+def _data_kind(v: Any) -> str:
+    """Which form a data source is, from its keys, so a mistake is reported by that form alone."""
+    if isinstance(v, dict):
+        return "BuiltinData" if "builtin" in v else "SplitFromTrain" if "split_from_train" in v else "DatasetSource"
+    return type(v).__name__ if isinstance(v, Strict) else "str"
+
+
+def _sources(*models: type, where: str) -> Any:
+    # Upper-case tags (and `str`) are dropped from error locations by ablate/matrix/yamlfile.py.
+    members = tuple(Annotated[m, Tag(m.__name__)] for m in models) + (Annotated[str, Tag("str")],)
+    msg = f"split_from_train belongs under data.heldout; {where}" if SplitFromTrain not in models else where
+    return Annotated[
+        Union[members], Discriminator(_data_kind, custom_error_type="data_source", custom_error_message=msg)
+    ]
+
+
+_TRAIN = _sources(BuiltinData, DatasetSource, where="data.train is a file, a dataset or builtin data")
+_HELDOUT = _sources(BuiltinData, DatasetSource, SplitFromTrain, where="not a data source")
+
+
 class DataSpec(Strict):
-    train: Union[BuiltinData, DatasetSource, str] = Field(description=_DATA_SOURCE)
-    heldout: Union[BuiltinData, DatasetSource, SplitFromTrain, str] = Field(
+    train: _TRAIN = Field(description=_DATA_SOURCE)  # type: ignore[valid-type]
+    heldout: _HELDOUT = Field(  # type: ignore[valid-type]
         description=_DATA_SOURCE + ", or {split_from_train: 0.1, seed: 0, stratify: length}"
     )
     max_length: int = Field(512, ge=2, le=1_048_576)
