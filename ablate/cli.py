@@ -82,7 +82,9 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         plan = make_plan(matrix, results)
     except UserError as e:
         _fail(e)
-    tracking = Trackers.for_plan(plan, warn=lambda msg: err.print(f"warning: {msg}", markup=False, highlight=False))
+    tracking = Trackers.for_plan(
+        plan, warn=lambda msg: err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
+    )
     status = plan.status()
     n_done = sum(s == "done" for s in status.values())
     console.print(
