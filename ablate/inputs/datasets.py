@@ -52,6 +52,8 @@ def _read(source: DatasetSource | str, field: str):
         return _from_hub(source, field), source.display()
     path = source.path if isinstance(source, DatasetSource) else source
     which = source.split if isinstance(source, DatasetSource) else None
+    if path.split("?", 1)[0].lower().endswith(".jsonl"):
+        raise UserError([f"data.{field}: {path}: a JSONL file is given as a plain path (data.{field}: {path})"])
     shown = source.display() if isinstance(source, DatasetSource) else _display(path)
     if not is_uri(path) and Path(path).is_dir():
         if not _is_saved_dataset(Path(path)):
