@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from conftest import ablate_cli, small_matrix
 
-from ablate.handoff.trackers import trl_name
+from ablate.handoff.backends import trl_name
 
 
 def wandb_records(path: str) -> list:
