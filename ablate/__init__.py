@@ -18,6 +18,7 @@ _EXPORTS = {
     "MatrixError": "errors",
     "load_matrix": "matrix.yamlfile",
     "MatrixSpec": "schema",
+    "export": "handoff.export",
 }
 
 

@@ -43,6 +43,7 @@ JOB_ADDRESS = typer.Option(
     help="The cluster's Ray dashboard, http://HEAD:8265 (default: $RAY_ADDRESS if it is an "
     "http(s) URL). Token auth: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in the environment.",
 )
+EXPORT_OUT = typer.Option(..., "--out", "-o", help="A new (or empty) local folder to write.", show_default=False)
 JOB_ID = typer.Option(..., "--job", "-j", help="The Ray job id printed by `ablate submit`.", show_default=False)
 
 
@@ -73,6 +74,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
 
     from .cluster.replication import run_matrix
     from .cluster.runner import shutdown
+    from .handoff.trackers import Trackers
     from .matrix.plan import make_plan
     from .verdict.report import build_report, print_report
 
@@ -81,6 +83,9 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         plan = make_plan(matrix, results)
     except UserError as e:
         _fail(e)
+    tracking = Trackers.for_plan(
+        plan, warn=lambda msg: err.print(f"warning: {msg}", markup=False, highlight=False, soft_wrap=True)
+    )
     status = plan.status()
     n_done = sum(s == "done" for s in status.values())
     console.print(
@@ -119,6 +124,7 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
             failed.append(out)
             progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
         progress.advance(task)
+        tracking.log_cell(out)  # report_to: read back from the results store; never fails the cell
 
     def on_replicate(added, why):
         progress.console.print(
@@ -130,9 +136,11 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     except UserError as e:  # the results are locked by another run, or no node can run a cell
         progress.stop()
         shutdown()
+        tracking.close(ok=False)
         _fail(e)
     except KeyboardInterrupt:
         progress.stop()
+        tracking.close(ok=False)
         again = (
             "submit the matrix again (`ablate submit`)"
             if os.environ.get("ABLATE_CLIENT_PYTHON")
@@ -145,6 +153,8 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         progress.stop()
     shutdown()
     rep = build_report(plan.results)
+    tracking.log_decision(rep)
+    tracking.close()
     console.print()
     print_report(rep, console)
     r = plan.results.uri
@@ -300,6 +310,23 @@ def report(
     except UserError as e:
         _fail(e)
     print_report(rep, console)
+
+
+@app.command()
+def export(
+    target: str = typer.Argument(..., help="A results directory (results/<name>, s3://…/<name>) or a matrix file."),
+    out: Path = EXPORT_OUT,
+    cell: Optional[str] = typer.Option(None, "--cell", help="The cell id (or a unique prefix) to export."),
+    winner: bool = typer.Option(False, "--winner", help="Export the configuration the decision picked."),
+    merge: bool = typer.Option(False, "--merge", help="Also write merged full weights (merged/, the base's dtype)."),
+    seed_pool: bool = typer.Option(False, "--seed-pool", help="Export every seed of the configuration (seed-<n>/)."),
+    results: Optional[str] = RESULTS,
+) -> None:
+    """Export a finished cell: PEFT adapter + tokenizer + model card, loadable with AutoPeftModelForCausalLM."""
+    from .handoff.export import export as export_cells
+
+    with _user_errors():
+        export_cells(_results_dir(target, results), out, cell, winner, merge, seed_pool, log=console.print)
 
 
 @app.command()

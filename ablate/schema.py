@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, create_model, field_validator, model_validator
 
 from . import objectives
 from .errors import Located, MatrixError, UserError  # noqa: F401 - MatrixError, UserError re-exported
@@ -37,15 +37,88 @@ class BuiltinData(Strict):
     seed: int = Field(0, ge=0)
 
 
+class DatasetSource(Strict):
+    """A `datasets` dataset (ablate/inputs/datasets.py): a hub id or local dataset repository with a split and
+    revision (`hf`), or one split of a local `save_to_disk` directory or table file (`path`)."""
+
+    hf: str | None = Field(None, min_length=1, description="a Hugging Face dataset id (org/name) or local dataset dir")
+    path: str | None = Field(None, min_length=1, description="a save_to_disk directory or a Parquet/Arrow file")
+    split: str | None = Field(None, min_length=1, description="the split to read; needed when there are several")
+    revision: str | None = Field(None, min_length=1, description="hub revision: a branch, tag or commit")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.hf is None) == (self.path is None):
+            raise Located([((), "give exactly one of hf (a dataset id) or path (a local dataset directory or file)")])
+        if self.revision is not None and self.hf is None:
+            raise Located([(("revision",), "a revision belongs to a hub dataset (hf:), not to a local path")])
+        return self
+
+    def resolved(self, base) -> DatasetSource:
+        """Relative local paths against the matrix's folder (`hf:` only when that folder has it as a directory)."""
+        from pathlib import Path
+
+        if self.path is not None and "://" not in self.path and not Path(self.path).is_absolute():
+            return self.model_copy(update={"path": str((Path(base) / self.path).resolve())})
+        if self.hf is not None and not Path(self.hf).is_absolute() and (Path(base) / self.hf).is_dir():
+            return self.model_copy(update={"hf": str((Path(base) / self.hf).resolve())})
+        return self
+
+    def display(self) -> str:
+        where = f"hf:{self.hf}" if self.hf is not None else str(self.path)
+        return where + (f"@{self.revision}" if self.revision else "") + (f"[{self.split}]" if self.split else "")
+
+
+class SplitFromTrain(Strict):
+    """`data.heldout: {split_from_train: 0.1, seed: 0, stratify: length}`: carve the held-out pairs out of the
+    training data, reproducibly (ablate/inputs/split.py); the split is recorded in plan.json."""
+
+    split_from_train: float = Field(gt=0.0, lt=1.0, description="the share of prompts held out, in (0, 1)")
+    seed: int = Field(0, ge=0)
+    stratify: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")]] | None = Field(
+        None, description="length (response length quartile) and/or column names, e.g. [category, length]"
+    )
+
+    @field_validator("stratify", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    _unique = field_validator("stratify")(unique_nonempty)
+
+
 _DATA_SOURCE = (
-    "a JSONL file path or URI (s3://, gs://, file://) of prompt/chosen/rejected rows, "
+    "a JSONL, Parquet or Arrow file path or URI (s3://, gs://, file://) of prompt/chosen/rejected rows, "
+    "a datasets save_to_disk directory, {hf: org/name, split: train, revision: main}, "
     "or builtin data such as {builtin: letters, n: 256}"
 )
 
 
+def _data_kind(v: Any) -> str:
+    """Which form a data source is, from its keys, so a mistake is reported by that form alone."""
+    if isinstance(v, dict):
+        return "BuiltinData" if "builtin" in v else "SplitFromTrain" if "split_from_train" in v else "DatasetSource"
+    return type(v).__name__ if isinstance(v, Strict) else "str"
+
+
+def _sources(*models: type, where: str) -> Any:
+    # Upper-case tags (and `str`) are dropped from error locations by ablate/matrix/yamlfile.py.
+    members = tuple(Annotated[m, Tag(m.__name__)] for m in models) + (Annotated[str, Tag("str")],)
+    msg = f"split_from_train belongs under data.heldout; {where}" if SplitFromTrain not in models else where
+    return Annotated[
+        Union[members], Discriminator(_data_kind, custom_error_type="data_source", custom_error_message=msg)
+    ]
+
+
+_TRAIN = _sources(BuiltinData, DatasetSource, where="data.train is a file, a dataset or builtin data")
+_HELDOUT = _sources(BuiltinData, DatasetSource, SplitFromTrain, where="not a data source")
+
+
 class DataSpec(Strict):
-    train: Union[BuiltinData, str] = Field(description=_DATA_SOURCE)
-    heldout: Union[BuiltinData, str] = Field(description=_DATA_SOURCE)
+    train: _TRAIN = Field(description=_DATA_SOURCE)  # type: ignore[valid-type]
+    heldout: _HELDOUT = Field(  # type: ignore[valid-type]
+        description=_DATA_SOURCE + ", or {split_from_train: 0.1, seed: 0, stratify: length}"
+    )
     max_length: int = Field(512, ge=2, le=1_048_576)
     max_prompt_length: int | None = Field(None, ge=1)
 
@@ -224,6 +297,11 @@ class MatrixSpec(Strict):
     decision: DecisionSpec = DecisionSpec()
     resources: ResourceSpec = ResourceSpec()
     storage: str = "results"
+    # Experiment trackers the driver logs each finished cell and the decision to (ablate/handoff/trackers.py).
+    # Not part of any cell id: where results are mirrored never changes them.
+    report_to: list[Literal["mlflow", "tensorboard", "wandb"]] = []
+
+    _unique_trackers = field_validator("report_to")(lambda v: unique_nonempty(v) if v else v)
 
     @model_validator(mode="after")
     def _seeds_fit_replication(self):

@@ -146,7 +146,9 @@ _MERGES = "m0: &m0 {k0: 0, k1: 1, k2: 2, k3: 3}\n" + "".join(
     f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * 4)}]}}\n" for i in range(1, 13)
 )
 
-ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, objectives, resources, storage, train"
+ALLOWED_FIELDS = (
+    "allowed here: data, decision, exclude, matrix, model, name, objectives, report_to, resources, storage, train"
+)
 
 CASES = [
     # -- the matrix file itself ----------------------------------------------------------------

@@ -17,11 +17,11 @@ PKG = ROOT / "ablate"
 LAYERS = [
     ["ablate", "ablate.errors"],
     ["ablate.objectives", "ablate.results.storage", "ablate.verdict.stats", "ablate.verdict.diagnostics",
-     "ablate.inputs.letters"],
+     "ablate.inputs.letters", "ablate.handoff.provenance", "ablate.handoff.packages"],
     ["ablate.schema", "ablate.results.lock", "ablate.results.collect"],
     ["ablate.config", "ablate.inputs"],
     ["ablate.matrix", "ablate.worker", "ablate.verdict"],
-    ["ablate.cluster"],
+    ["ablate.cluster", "ablate.handoff"],
     ["ablate.api", "ablate.cli", "ablate.__main__"],
 ]  # fmt: skip
 # Same-layer packages that must never import each other: the worker is only reached through Ray tasks.

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import UserError
 from ..matrix.yamlfile import load_matrix, parse_matrix
 from ..results.storage import is_uri, join
-from ..schema import BuiltinData, MatrixSpec
+from ..schema import DatasetSource, MatrixSpec, SplitFromTrain
 from .jobclient import ENV_ABLATE, ENV_PYTHON, ENV_RAY, JobError
 
 MAX_UPLOAD_BYTES = 100 * 1000**2  # Ray's package limit is 100 MiB (zipped); stay under it uncompressed
@@ -80,7 +80,12 @@ def bundle(matrix: str | Path, results: str | None = None) -> Bundle:
     notes, remote = [], set()
     for split in ("train", "heldout"):
         src = getattr(raw.data, split)
-        if isinstance(src, BuiltinData) or src.startswith("builtin:"):
+        if isinstance(src, DatasetSource) and src.hf is not None:  # a hub dataset: the cluster's driver loads it
+            remote.add(f"data.{split}")
+            notes.append(f"data.{split} {src.display()} is loaded by the cluster")
+            continue
+        src = src.path if isinstance(src, DatasetSource) else src
+        if not isinstance(src, str) or src.startswith("builtin:"):  # builtin, or split_from_train
             continue
         if is_uri(src):
             remote.add(f"data.{split}")
@@ -104,7 +109,7 @@ def bundle(matrix: str | Path, results: str | None = None) -> Bundle:
     b.files[b.matrix_rel] = mpath
     problems = []
     for fld, p in local.items():
-        if fld.startswith("data.") and not p.is_file():
+        if fld.startswith("data.") and not p.exists():  # a file, or a datasets save_to_disk directory
             continue  # make_plan reports the missing file with its usual message
         rel = p.relative_to(root).as_posix()
         b.files[rel] = p
@@ -145,7 +150,7 @@ def validate(matrix: str | Path, b: Bundle) -> None:
         spec = spec.model_copy(update={"model": spec.model.model_copy(update={"path": "cluster/model"})})
     problems += [f"{where}: {p}" for p in check_model_spec(spec.model)]
     for split in ("train", "heldout"):
-        if f"data.{split}" not in b.remote:
+        if f"data.{split}" not in b.remote and not isinstance(getattr(spec.data, split), SplitFromTrain):
             try:
                 load_rows(getattr(spec.data, split), split)
             except UserError as e:

@@ -8,42 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import UserError
 from ..results.storage import is_uri
 from ..schema import BuiltinData
 from .letters import builtin_rows
-
-Row = dict[str, Any]
-
-
-class Rows(list):
-    """Rows read from a file, remembering the file and each row's line so later checks can say file:line.
-
-    A plain list in every other respect (builtin data is a plain list)."""
-
-    def __init__(self, rows=(), source: str | None = None, lines: list[int] | None = None):
-        super().__init__(rows)
-        self.source = source
-        self.lines = list(lines or [])
-
-
-def row_where(rows: list[Row], i: int) -> str:
-    """'file:line' of the 0-based row i when the rows came from a file, else 'row i+1'."""
-    if isinstance(rows, Rows) and rows.source and i < len(rows.lines):
-        return f"{rows.source}:{rows.lines[i]}"
-    return f"row {i + 1}"
-
-
-def _display(source: str) -> str:
-    """A URI without its query string or user:password@ (either may carry keys); a path as given."""
-    if not is_uri(source):
-        return source
-    scheme, _, rest = source.split("?", 1)[0].partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}://{host.rsplit('@', 1)[-1]}{slash}{path}"
-
+from .rows import Row, Rows, _display, _row_problems, row_where  # noqa: F401 - row_where re-exported
 
 _EXPECTED = "expected a JSONL file of prompt/chosen/rejected rows"
 
@@ -118,6 +88,10 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
     or from the URI's query (e.g. s3://bucket/key.jsonl?endpoint_override=host:9000&scheme=http)."""
     if isinstance(source, BuiltinData):
         return builtin_rows(source, split)
+    from .datasets import is_table_source, load_table_rows  # Parquet/Arrow/datasets/hub: ablate/inputs/datasets.py
+
+    if is_table_source(source):
+        return load_table_rows(source, split)
     if source.startswith("builtin:"):
         raise UserError([f"data.{split}: {source!r}: builtin data is written as a mapping, e.g. {{builtin: letters}}"])
     raw = _read_bytes(source, split)
@@ -159,46 +133,6 @@ def _grouped(shown: str, hits: list[tuple[int, str]]) -> str:
         return f"{shown}:{first}: {msg}"
     where = ", ".join(str(line) for line, _ in hits[:3]) + (", …" if n > 3 else "")
     return f"{shown}:{first}: {msg} [{n} rows: lines {where}]"
-
-
-_LAYOUTS = (
-    "a row is standard (prompt, chosen and rejected all text) or conversational (all three message lists), as in TRL"
-)
-
-
-def _row_problems(row: Any) -> list[tuple[str, str]]:
-    """(kind, message) for each problem of one row; rows with the same kind are reported on one line."""
-    if not isinstance(row, dict):
-        return [("not_object", "each line must be a JSON object with prompt, chosen, rejected")]
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
-    if missing:
-        return [(f"missing {missing}", f"missing field(s) {missing}; each row needs prompt, chosen, rejected")]
-    out = []
-    for k in ("prompt", "chosen", "rejected"):
-        v = row[k]
-        if isinstance(v, list):
-            if not all(isinstance(m, dict) and "role" in m and "content" in m for m in v):
-                out.append((f"messages {k}", f"{k}: a message list must hold {{role, content}} objects"))
-            elif k != "prompt" and not v:
-                out.append((f"empty {k}", f"{k}: empty completion; a completion must be non-empty text or messages"))
-        elif not isinstance(v, str):
-            out.append((f"type {k}", f"{k}: must be a string or a list of messages, got {type(v).__name__}"))
-        elif k != "prompt" and not v.strip():
-            out.append((f"empty {k}", f"{k}: empty completion; a completion must be non-empty text"))
-    if out:
-        return out
-    lists = [k for k in ("prompt", "chosen", "rejected") if isinstance(row[k], list)]
-    if lists and len(lists) < 3:  # TRL and the chat template take one layout per row, never a mix
-        texts = [k for k in ("prompt", "chosen", "rejected") if k not in lists]
-        return [
-            (
-                f"mixed {lists}",
-                f"{', '.join(lists)}: message list(s) but {', '.join(texts)}: text; {_LAYOUTS}",
-            )
-        ]
-    if row["chosen"] == row["rejected"]:
-        return [("same", "chosen == rejected; a pair must differ")]
-    return []
 
 
 # Conversational rows are tokenized without the extra EOS (and BOS) since issue 19; their hash carries that rule, so

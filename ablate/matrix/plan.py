@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..inputs.data import check_leakage, load_rows, rows_hash
+from ..handoff.packages import tracker_problems
+from ..handoff.provenance import provenance
+from ..inputs.data import _display, check_leakage, load_rows, rows_hash
 from ..inputs.models import load_tokenizer, model_identity, resolve_model
+from ..inputs.split import split_from_train
 from ..inputs.structure import context_problems, device_problems, lora_problems, model_structure, tokenizer_problems
 from ..inputs.tokenize import encode, template_problem
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
-from ..schema import BuiltinData, MatrixSpec
+from ..schema import BuiltinData, DatasetSource, MatrixSpec, SplitFromTrain
 from .cells import Cell, baseline_cells, expand, selection_problems, with_seed
 from .yamlfile import load_matrix, locate
 
@@ -30,6 +33,7 @@ class Plan:
     heldout_rows: list[dict]
     results: Store
     replication: list[dict] = field(default_factory=list)  # rounds of adaptive replication: what was added, why
+    split: dict | None = None  # data.heldout.split_from_train: how the held-out pairs were carved out of train
 
     def status(self) -> dict[str, str]:
         return cell_states(self.results, [c.id for c in self.cells])
@@ -53,7 +57,13 @@ class Plan:
             ],
             "replication": self.replication,
             "model": self.spec.model.model_dump(mode="json"),
-            "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
+            "data": {
+                "train": hashes.get("train"),
+                "heldout": hashes.get("heldout"),
+                "sources": {s: _source_name(getattr(self.spec.data, s)) for s in ("train", "heldout")},
+            },
+            "ablate": provenance(),  # version and commit of the code that planned (and shipped) the run
+            **({"split": self.split} if self.split else {}),
         }
 
     def write(self) -> None:
@@ -79,8 +89,12 @@ class Plan:
         return added
 
 
-def _source_name(src: BuiltinData | str) -> str:
-    return f"builtin:{src.builtin}" if isinstance(src, BuiltinData) else src
+def _source_name(src) -> str:
+    if isinstance(src, BuiltinData):
+        return f"builtin:{src.builtin}"
+    if isinstance(src, SplitFromTrain):
+        return f"split_from_train {src.split_from_train:g} (seed {src.seed})"
+    return _display(src.display() if isinstance(src, DatasetSource) else str(src))  # no keys from a URI's query
 
 
 def results_location(spec: MatrixSpec, results: str | Path | None) -> str | Path:
@@ -109,10 +123,21 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
 
     rows: dict[str, list[dict]] = {}
     for split in ("train", "heldout"):
+        if isinstance(getattr(spec.data, split), SplitFromTrain):
+            continue
         try:
             rows[split] = load_rows(getattr(spec.data, split), split)
         except UserError as e:
             problems += e.problems
+    split_record = None
+    if isinstance(spec.data.heldout, SplitFromTrain) and "train" in rows:  # carved out of train: ablate/inputs/split.py
+        try:
+            rows["train"], rows["heldout"], split_record = split_from_train(
+                rows["train"], spec.data.heldout, _source_name(spec.data.train)
+            )
+        except UserError as e:
+            problems += [f"{where}: {p}" for p in e.problems]
+    problems += [f"{where}: {p}" for p in tracker_problems(spec.report_to)]
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
 
@@ -153,4 +178,5 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
     hashes = {"train": rows_hash(rows["train"]), "heldout": rows_hash(rows["heldout"])}
     cells = expand(spec, model_identity(spec.model), hashes)
     base_cells = baseline_cells(cells, spec)
-    return Plan(spec, cells, [c.id for c in base_cells], rows["train"], rows["heldout"], Store(results_dir))
+    ids = [c.id for c in base_cells]
+    return Plan(spec, cells, ids, rows["train"], rows["heldout"], Store(results_dir), split=split_record)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from .. import objectives
 from ..errors import UserError
-from ..schema import Located, MatrixSpec, yaml_number_hint
+from ..schema import DatasetSource, Located, MatrixSpec, yaml_number_hint
 from . import safeyaml
 from .cells import selection_problems
 
@@ -39,15 +39,18 @@ def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
-def _allowed_fields(loc: tuple) -> list[str] | None:
-    """The field names allowed at the parent of `loc`, for 'unknown field' messages."""
+def _allowed_fields(loc: tuple, tag: str | None = None) -> list[str] | None:
+    """The field names allowed at the parent of `loc`, for 'unknown field' messages (`tag`: the union member)."""
     model: Any = MatrixSpec
     for part in loc[:-1]:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:
             return None
         ann = field.annotation
-        model = next((a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")), ann)
+        members = [a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")]
+        model = next(
+            (a for a in members if getattr(a, "__origin__", a).__name__ == tag), members[0] if members else ann
+        )
     if not hasattr(model, "model_fields"):
         return None
     return sorted(f.alias or n for n, f in model.model_fields.items())
@@ -191,7 +194,8 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
             union_seen.add(loc)
             msg = "wrong type"
         elif e["type"] == "extra_forbidden":
-            here = _allowed_fields(loc)
+            tag = next((p for p in e["loc"] if isinstance(p, str) and p[:1].isupper()), None)  # tagged union member
+            here = _allowed_fields(loc, tag)
             msg = "unknown field" + (f"; allowed here: {', '.join(here)}" if here else "")
             owners = objectives.owners(str(loc[-1]))
             if len(loc) == 3 and loc[0] == "objectives" and owners:
@@ -259,6 +263,8 @@ def load_matrix(path: str | Path) -> MatrixSpec:
 
 def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
     def fix(p):
+        if isinstance(p, DatasetSource):
+            return p.resolved(base)
         if isinstance(p, str) and not p.startswith("builtin:") and "://" not in p and not Path(p).is_absolute():
             return str((base / p).resolve())
         return p
