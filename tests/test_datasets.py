@@ -79,7 +79,10 @@ def test_jsonl_content_hash_is_unchanged(write_jsonl):
             "rejected": [{"role": "assistant", "content": "go away"}],
         },
     ]
-    assert rows_hash(load_rows(str(write_jsonl(rows, "pin.jsonl")), "train")) == "7cabc2613884b81a"
+    # Plain-text rows keep their hash; conversational ones moved on purpose (issue 19: their token ids lost the
+    # doubled end of turn, so cells trained on the old ids must not be reused).
+    assert rows_hash(load_rows(str(write_jsonl(rows[:1], "plain.jsonl")), "train")) == "c61aa9961f6f1e13"
+    assert rows_hash(load_rows(str(write_jsonl(rows, "pin.jsonl")), "train")) != "7cabc2613884b81a"
 
 
 @pytest.mark.parametrize("make", [standard_rows, conversational_rows], ids=["standard", "conversational"])

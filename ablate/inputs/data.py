@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..results.storage import is_uri
 from ..schema import BuiltinData
 from .letters import builtin_rows
-from .rows import Row, Rows, _display, _row_problems, row_where  # noqa: F401 - row_where re-exported
+from .rows import Row, Rows, _display, _grouped, _row_problems, row_where  # noqa: F401 - row_where re-exported
 
 _EXPECTED = "expected a JSONL file of prompt/chosen/rejected rows"
 
@@ -124,15 +124,6 @@ def load_rows(source: BuiltinData | str, split: str) -> list[Row]:
     if problems:
         raise UserError(problems)
     return Rows(rows, shown, lines)
-
-
-def _grouped(shown: str, hits: list[tuple[int, str]]) -> str:
-    """One line per kind of problem: the first row's message, then how many rows have it and where the first are."""
-    (first, msg), n = hits[0], len(hits)
-    if n == 1:
-        return f"{shown}:{first}: {msg}"
-    where = ", ".join(str(line) for line, _ in hits[:3]) + (", …" if n > 3 else "")
-    return f"{shown}:{first}: {msg} [{n} rows: lines {where}]"
 
 
 # Conversational rows are tokenized without the extra EOS (and BOS) since issue 19; their hash carries that rule, so

@@ -15,11 +15,10 @@ from typing import Any
 from ..errors import UserError
 from ..results.storage import is_uri
 from ..schema import DatasetSource
-from .rows import Rows, _display, _row_problems
+from .rows import Rows, _display, _grouped, _row_problems
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 _DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
-_MAX_PROBLEMS = 20
 
 
 def is_table_source(source: Any) -> bool:
@@ -34,7 +33,10 @@ def is_table_source(source: Any) -> bool:
 
 
 def _is_saved_dataset(p: Path) -> bool:
-    return p.is_dir() and any((p / m).is_file() for m in _DISK_MARKERS)
+    try:
+        return p.is_dir() and any((p / m).is_file() for m in _DISK_MARKERS)
+    except OSError:  # a name too long for the filesystem: not a dataset folder; data.py says what is wrong
+        return False
 
 
 def load_table_rows(source: DatasetSource | str, split: str) -> Rows:
@@ -209,6 +211,7 @@ def table_rows(table, shown: str, field: str) -> Rows:
         c for c in table.column_names if c in need or (_scalar(table.schema.field(c).type) and not c.startswith("__"))
     ]
     rows, lines = [], []
+    found: dict[str, list[tuple[int, str]]] = {}  # kind → (row, message) of every row that has it
     for i, raw in enumerate(table.select(keep).to_pylist(), 1):
         row = {k: _clean(v) for k, v in raw.items()}
         if implicit:
@@ -217,18 +220,15 @@ def table_rows(table, shown: str, field: str) -> Rows:
             else:
                 row["prompt"] = ""  # the null is reported below, on its own column
             row = {"prompt": row.pop("prompt"), **row}
-        p = _row_problems(row)
-        if p:
-            problems += [f"{shown}:{i}: {x}" for x in p]
-            if len(problems) > _MAX_PROBLEMS:
-                break
+        for kind, msg in _row_problems(row):  # one line per kind of problem, as for JSONL
+            found.setdefault(kind, []).append((i, msg))
         rows.append(row)
         lines.append(i)
+    problems += [_grouped(shown, hits) for hits in found.values()]
     if not rows and not problems:
         problems.append(f"{shown}: data.{field}: no pairs; the {field} set needs at least one row")
     if problems:
-        more = [f"... and more (first {_MAX_PROBLEMS} shown)"] if len(problems) > _MAX_PROBLEMS else []
-        raise UserError(problems[:_MAX_PROBLEMS] + more)
+        raise UserError(problems)
     return Rows(rows, shown, lines)
 
 

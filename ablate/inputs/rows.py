@@ -75,3 +75,12 @@ def _row_problems(row: Any) -> list[tuple[str, str]]:
     if row["chosen"] == row["rejected"]:
         return [("same", "chosen == rejected; a pair must differ")]
     return []
+
+
+def _grouped(shown: str, hits: list[tuple[int, str]]) -> str:
+    """One line per kind of problem: the first row's message, then how many rows have it and where the first are."""
+    (first, msg), n = hits[0], len(hits)
+    if n == 1:
+        return f"{shown}:{first}: {msg}"
+    where = ", ".join(str(line) for line, _ in hits[:3]) + (", …" if n > 3 else "")
+    return f"{shown}:{first}: {msg} [{n} rows: lines {where}]"
