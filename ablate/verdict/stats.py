@@ -300,8 +300,10 @@ def plan_design(
     tau2, lev, out = float(np.nan_to_num(tau2)), _level(alpha, m, one_sided), []
     for s in (x for x in seeds if x > 1 or tau2 == 0):
         a, b, cc = sig_b + 2 * omega / s, 2 * tau2 / s, 1.0 if s == 1 else 0.0  # cc: the exact test's 1/n
-        n, df_seed = 1000.0, n_configs * (s - 1) or np.inf
+        n: float | None = 1000.0
+        df_seed = n_configs * (s - 1) or np.inf
         for _ in range(30):  # fixed point: the t quantiles depend on df, and df on n
+            assert n is not None
             df = _satterthwaite(a / n, b, 2 * (tau2 + omega / n) / s, n, df_seed)
             tc = stats.t.isf(lev, df)
             room = ((target - cc / n) / (tc + stats.norm.ppf(power) * np.sqrt(1 + tc**2 / (2 * df)))) ** 2 - b
