@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from .. import objectives
 from ..errors import UserError
-from ..schema import Located, MatrixSpec, yaml_number_hint
+from ..schema import Located, MatrixSpec, RewardModelJudge, yaml_number_hint
 from .cells import selection_problems
 
 
@@ -289,4 +289,7 @@ def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
     model = spec.model
     if (base / model.path).is_dir() and not Path(model.path).is_absolute():
         model = model.model_copy(update={"path": str((base / model.path).resolve())})
-    return spec.model_copy(update={"data": data, "model": model})
+    judge = spec.judge
+    if isinstance(judge, RewardModelJudge) and (base / judge.reward_model).is_dir():  # a local reward model
+        judge = judge.model_copy(update={"reward_model": str((base / judge.reward_model).resolve())})
+    return spec.model_copy(update={"data": data, "model": model, "judge": judge})
