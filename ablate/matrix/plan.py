@@ -14,6 +14,8 @@ from ..errors import UserError
 from ..inputs.data import check_leakage, load_rows, rows_hash
 from ..inputs.models import check_model_spec, load_tokenizer, model_identity
 from ..inputs.tokenize import encode
+from ..judges import check as check_judging
+from ..judges import judge_info
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
 from ..schema import BuiltinData, MatrixSpec
 from .cells import Cell, baseline_cells, expand, selection_problems, with_seed
@@ -53,6 +55,8 @@ class Plan:
             "replication": self.replication,
             "model": self.spec.model.model_dump(mode="json"),
             "data": {"train": hashes.get("train"), "heldout": hashes.get("heldout")},
+            "generate": g.model_dump(mode="json") if (g := self.spec.eval.generate) else None,
+            "judge": judge_info(self.spec),
         }
 
     def write(self) -> None:
@@ -104,6 +108,7 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
             problems += e.problems
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
+    problems += [f"{where}: {p}" for p in check_judging(spec, len(rows["heldout"]) if "heldout" in rows else None)]
 
     results_dir = results_location(spec, results)
     problems += [f"{where}: {p}" for p in check_results_dir(results_dir)]

@@ -23,7 +23,9 @@ METRIC_COLUMNS = [
     "peak_memory_mb", "trainable_params", "device",
     # how the cell got done: the micro-batch it ended with after OOM halvings, and where it resumed
     "micro_batch", "grad_accum", "oom_retries", "resumed_from_step", "node_id",
+    "generation_seconds", "generated_tokens_per_second", "generation_backend",  # with eval.generate
 ]
+GENERATIONS, JUDGEMENTS = "generations.parquet", "judgements.parquet"
 
 
 def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -31,7 +33,7 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
     plan = read_plan(store)
     baseline = set(plan["baseline_ids"])
     states = cell_states(store, [c["id"] for c in plan["cells"]])
-    rows, pair_frames = [], []
+    rows, pair_frames, gen_frames = [], [], []
     for c in plan["cells"]:
         status = states[c["id"]]
         info = (read_cell_json(store, c["id"]) or {}) if status in ("done", "failed") else {}
@@ -53,17 +55,39 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
             row["heldout_correct"] = int(pairs["correct"].sum())
             pairs.insert(0, "cell_id", c["id"])
             pair_frames.append(pairs)
+            if store.exists(f"cells/{c['id']}/{GENERATIONS}"):  # eval.generate: what the cell wrote
+                gens = read_parquet(store, f"cells/{c['id']}/{GENERATIONS}")
+                gen_frames.append(gens.assign(cell_id=c["id"], config_id=row["config_id"], seed=row["seed"]))
         rows.append(row)
     cells = pd.DataFrame(rows)
     for col in ("heldout_correct", "heldout_pairs", "steps", "trainable_params", "train_pairs"):
         cells[col] = cells[col].astype("Int64")
     pairs = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame({"cell_id": pd.Series(dtype=str)})
     if write:
-        for name, df in (("cells.parquet", cells), ("pairs.parquet", pairs)):
+        tables = [("cells.parquet", cells), ("pairs.parquet", pairs)]
+        tables += [(GENERATIONS, pd.concat(gen_frames, ignore_index=True))] if gen_frames else []
+        for name, df in tables:
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
             store.write_bytes(name, buf.getvalue())
     return cells, pairs
+
+
+def read_generations(results: str | Path | Store) -> pd.DataFrame | None:
+    """Every done cell's generations (collect writes them), with cell_id, config_id and seed; None without."""
+    store = as_store(results)
+    return read_parquet(store, GENERATIONS) if store.exists(GENERATIONS) else None
+
+
+def read_judgements(results: str | Path | Store, key: str) -> tuple[pd.DataFrame | None, str | None]:
+    """The judge's verdicts for the current cells (written by the judge step, ablate/cluster/judging.py) and
+    the judge step's last error, if it failed."""
+    store = as_store(results)
+    err = store.read_json(f"judgements/{key}/error.json")
+    df = read_parquet(store, JUDGEMENTS) if store.exists(JUDGEMENTS) else None
+    if df is not None:
+        df = df[df["judge_key"] == key]
+    return df, (err or {}).get("error")
 
 
 def read_untrained(results: str | Path | Store) -> pd.DataFrame | None:

@@ -150,7 +150,9 @@ def generate_vllm(model_path: str, adapter_dir: str, rank: int, prompts, *, eos_
     llm = LLM(model=model_path, enable_lora=True, max_lora_rank=max(8, rank), dtype=dtype, seed=seed,
               gpu_memory_utilization=0.5, enforce_eager=True)  # fmt: skip
     params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    res = llm.generate([{"prompt_token_ids": p} for p in prompts], params, lora_request=LoRARequest("cell", 1, adapter_dir))
+    res = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], params, lora_request=LoRARequest("cell", 1, adapter_dir)
+    )
     outs = []
     for r in res:
         ids = list(r.outputs[0].token_ids)
