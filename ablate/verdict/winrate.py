@@ -53,12 +53,13 @@ def length_controlled(outcome: np.ndarray, dlen: np.ndarray, scale: float) -> fl
     return float(1 / (1 + np.exp(-b[0])))
 
 
-def win_interval(y: np.ndarray, tau2: float, df_seed: float, s2, alpha: float = 0.05) -> tuple[float, float]:
-    """Two-sided interval on a challenger's expected win rate: pairs + seeds, as the recipe test sees it."""
-    base = np.full((y.shape[0], 1), 0.5)
+def win_interval(y: np.ndarray, base_seeds: int, tau2: float, df_seed: float, s2, alpha: float = 0.05):
+    """Two-sided interval on a challenger's expected win rate with the recipe test's SE and df (prompts and
+    seeds, the baseline's seeds too), clipped to [0, 1]. Few seeds and noisy answers give few df: wide."""
+    base = np.full((y.shape[0], base_seeds), 0.5)
     r = stats.recipe_compare(base, y, tau2, df_seed, s2=s2)
     half = sps.t.isf(alpha / 2, r["df"]) * r["se"] if r["se"] > 0 else 0.0
-    return float(y.mean() - half), float(y.mean() + half)
+    return float(max(0.0, y.mean() - half)), float(min(1.0, y.mean() + half))
 
 
 def _tau(wide: dict[str, np.ndarray]):
@@ -100,7 +101,7 @@ def generation_table(cells: pd.DataFrame, gens: pd.DataFrame, judgements: pd.Dat
         scale = float(lens.std(ddof=1)) if len(lens) > 1 else 0.0
         by_cfg = judgements.merge(done[["cell_id", "config_id"]], on="cell_id")
         for c, y in ys.items():
-            lo, hi = win_interval(y, tau2, df_seed, s2)
+            lo, hi = win_interval(y, int(done["is_baseline"].sum()), tau2, df_seed, s2)
             j = by_cfg[by_cfg["config_id"] == c]
             dlen = (j["challenger_chars"] - j["baseline_chars"]).to_numpy(float)
             lc = length_controlled(j["outcome"].to_numpy(float), dlen, scale)
@@ -133,10 +134,12 @@ def _eval_medians(g: pd.DataFrame) -> tuple[float, float]:
 
 
 def examples(gens: pd.DataFrame, cells: pd.DataFrame, judgements: pd.DataFrame | None, k: int = 3) -> list[str]:
-    """Markdown: the first k prompts, each configuration's answer (its first seed) side by side."""
+    """Markdown: the first k prompts, each configuration's answer (its first seed) side by side, with the
+    judge's outcome against the baseline's first-seed answer."""
     final = gens[gens["final"]]
     done = cells[cells["status"] == "done"].sort_values(["is_baseline", "seed"], ascending=[False, True])
     first_cells = done.drop_duplicates("config_id")
+    base_cell = first_cells.loc[first_cells["is_baseline"], "cell_id"]
     out: list[str] = []
     for i in sorted(final["prompt_index"].unique())[:k]:
         p = final.loc[final["prompt_index"] == i, "prompt"].iloc[0]
@@ -150,10 +153,10 @@ def examples(gens: pd.DataFrame, cells: pd.DataFrame, judgements: pd.DataFrame |
             vs = "baseline" if c["is_baseline"] else "–"
             if judgements is not None and not c["is_baseline"]:
                 j = judgements[(judgements["cell_id"] == c["cell_id"]) & (judgements["prompt_index"] == i)]
+                j = j[j["baseline_cell_id"].isin(base_cell)]  # against the baseline answer shown above
                 if not j.empty:
-                    vs = {1.0: "win", 0.5: "tie", 0.0: "loss"}.get(
-                        float(j["outcome"].mean()), f"{j['outcome'].mean():.2f}"
-                    )
+                    x = float(j["outcome"].iloc[0])
+                    vs = {1.0: "win", 0.5: "tie", 0.0: "loss"}.get(x, f"{x:.2f}")
             out.append(f"| {c['config']} | {_md(r['text'], 240)} | {r['tokens']} | {r['finish']} | {vs} |")
     return out
 
