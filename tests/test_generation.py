@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import ablate_cli, small_matrix, train_directly
 
 from ablate.errors import UserError
 from ablate.inputs.models import builtin_model, builtin_tokenizer
 from ablate.matrix.plan import make_plan
 from ablate.worker.generate import encode_prompts, generate_hf, sample_prompts, seq_rep
+
+from conftest import ablate_cli, small_matrix, train_directly
 
 PROMPTS = ["Write about owls #12:\n", "Hi", "Write a long line about salt and rain and maps #4:\n", "tea?"]
 
@@ -79,7 +80,10 @@ def test_repetition_and_prompt_sample():
 
 def test_conversational_prompts_use_the_chat_template():
     tok = builtin_tokenizer()
-    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     (ids,) = encode_prompts([{"prompt": [{"role": "user", "content": "hi"}]}], tok, prompt_budget=64)
     assert tok.decode(ids) == "<user>hi<assistant>"
     with pytest.raises(UserError, match="chat template"):
