@@ -116,10 +116,15 @@ def build_report(
         what = "recipes: seeds and held-out pairs are the noise" if verdict.unit == "recipe" else "trained adapters"
         unit, size = ("win-rate points", "prompts") if win_rule else ("accuracy", "held-out pairs")
         on = " on the judge's win rate against the baseline" if win_rule else ""
+        mde = (
+            f"Smallest difference it detects at 80% power: {verdict.mde:.1%} {unit} "
+            f"(≈ {verdict.mde * verdict.heldout_pairs:.0f} {size.split()[-1]})."
+            if verdict.mde < (0.5 if win_rule else 1.0)
+            else "At 80% power it detects no possible difference with this design."
+        )
         lines.append(
             f"Rule: {rule} (α = {alpha}){on}, a verdict about {what}; {verdict.heldout_pairs} {size} × up to "
-            f"{verdict.seeds} seed(s). Smallest difference it detects at 80% power: {verdict.mde:.1%} {unit} "
-            f"(≈ {verdict.mde * verdict.heldout_pairs:.0f} {size.split()[-1]})."
+            f"{verdict.seeds} seed(s). {mde}"
         )
     if decision:
         lines += (verdict or decision).notes

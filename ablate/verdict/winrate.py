@@ -187,7 +187,7 @@ def reason(table, base, winner, switch, rule, alpha, n, unit) -> str:
         return f"Keep {base}: there is no challenger to compare."
     top = ch.sort_values("diff", ascending=False).iloc[0]
     why = (
-        f"below the {top['mde']:.1%} this design can detect — no decision possible at this size"
+        f"below the {min(top['mde'], 0.5):.1%} this design can detect — no decision possible at this size"
         if 0 < top["diff"] < top["mde"]
         else f"not significant under {rule} at α = {alpha}"
         if top["diff"] > 0
