@@ -186,11 +186,10 @@ def test_a_failing_endpoint_keeps_the_cells_and_resume_judges_again(run):
 
 
 def _save_tiny(tmp, cls, **cfg):
+    import torch
     from transformers import LlamaConfig
 
     from ablate.inputs.models import builtin_tokenizer
-
-    import torch
 
     shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
     config = LlamaConfig(vocab_size=384, num_key_value_heads=1, pad_token_id=0, eos_token_id=1, **shape, **cfg)
