@@ -33,7 +33,7 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
     plan = read_plan(store)
     baseline = set(plan["baseline_ids"])
     states = cell_states(store, [c["id"] for c in plan["cells"]])
-    rows, pair_frames, gen_frames = [], [], []
+    rows, pair_frames = [], []
     for c in plan["cells"]:
         status = states[c["id"]]
         info = (read_cell_json(store, c["id"]) or {}) if status in ("done", "failed") else {}
@@ -55,17 +55,14 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
             row["heldout_correct"] = int(pairs["correct"].sum())
             pairs.insert(0, "cell_id", c["id"])
             pair_frames.append(pairs)
-            if store.exists(f"cells/{c['id']}/{GENERATIONS}"):  # eval.generate: what the cell wrote
-                gens = read_parquet(store, f"cells/{c['id']}/{GENERATIONS}")
-                gen_frames.append(gens.assign(cell_id=c["id"], config_id=row["config_id"], seed=row["seed"]))
         rows.append(row)
     cells = pd.DataFrame(rows)
     for col in ("heldout_correct", "heldout_pairs", "steps", "trainable_params", "train_pairs"):
         cells[col] = cells[col].astype("Int64")
     pairs = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame({"cell_id": pd.Series(dtype=str)})
     if write:
-        tables = [("cells.parquet", cells), ("pairs.parquet", pairs)]
-        tables += [(GENERATIONS, pd.concat(gen_frames, ignore_index=True))] if gen_frames else []
+        gens = collect_generations(store, cells)
+        tables = [("cells.parquet", cells), ("pairs.parquet", pairs)] + ([(GENERATIONS, gens)] if gens is not None else [])
         for name, df in tables:
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
@@ -73,10 +70,15 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
     return cells, pairs
 
 
-def read_generations(results: str | Path | Store) -> pd.DataFrame | None:
-    """Every done cell's generations (collect writes them), with cell_id, config_id and seed; None without."""
+def collect_generations(results: str | Path | Store, cells: pd.DataFrame) -> pd.DataFrame | None:
+    """Every done cell's generations (eval.generate) with cell_id, config_id and seed; None when there are none."""
     store = as_store(results)
-    return read_parquet(store, GENERATIONS) if store.exists(GENERATIONS) else None
+    frames = []
+    for c in cells[cells["status"] == "done"].itertuples():
+        if store.exists(f"cells/{c.cell_id}/{GENERATIONS}"):
+            g = read_parquet(store, f"cells/{c.cell_id}/{GENERATIONS}")
+            frames.append(g.assign(cell_id=c.cell_id, config_id=c.config_id, seed=c.seed))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def read_judgements(results: str | Path | Store, key: str) -> tuple[pd.DataFrame | None, str | None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results.collect import collect, read_generations, read_judgements, read_logs, read_untrained
+from ..results.collect import collect, collect_generations, read_judgements, read_logs, read_untrained
 from ..results.storage import Store, as_store, read_plan
 from . import winrate
 from .decide import ALIASES, Decision, decide
@@ -77,7 +77,7 @@ def build_report(
     logs = {cid: read_logs(results, cid) for cid in done["cell_id"]}
     over = {cid: overoptimization(*logs[cid]) for cid in logs}
     untrained = read_untrained(results)
-    gens = read_generations(results) if write else None
+    gens = collect_generations(results, cells)
     judge = plan.get("judge")
     judgements, judge_error = read_judgements(results, judge["key"]) if judge else (None, None)
     win_rule = d.get("metric") == "win_rate"
@@ -149,6 +149,13 @@ def build_report(
         )
     if gen_table is not None:
         lines += _generation_lines(gens, gen_table, judge, judgements, judge_error)
+        w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
+        g = gen_table.set_index("config_id").loc[w["config_id"]] if w is not None and not win_rule else None
+        if g is not None and g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
+            lines.append(
+                f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
+                "prompts against the baseline's: its held-out gain does not show in what it writes."
+            )
     n_over = sum(v["flag"] for v in over.values())
     if n_over:
         lines.append(
