@@ -101,7 +101,9 @@ def _latin1_matrix(w: World) -> None:
     w.text = yaml.safe_dump(w.m, sort_keys=False).replace("name: t\n", "name: t\n# caf\xe9\n").encode("latin-1")
 
 
-ALLOWED_FIELDS = "allowed here: data, decision, exclude, matrix, model, name, objectives, resources, storage, train"
+ALLOWED_FIELDS = (
+    "allowed here: data, decision, eval, exclude, judge, matrix, model, name, objectives, resources, storage, train"
+)
 
 CASES = [
     # -- the matrix file itself ----------------------------------------------------------------

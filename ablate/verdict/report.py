@@ -150,7 +150,8 @@ def build_report(
     if gen_table is not None:
         lines += _generation_lines(gens, gen_table, judge, judgements, judge_error)
         w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
-        g = gen_table.set_index("config_id").loc[w["config_id"]] if w is not None and not win_rule else None
+        known = w is not None and not win_rule and w["config_id"] in set(gen_table["config_id"])
+        g = gen_table.set_index("config_id").loc[w["config_id"]] if known else None
         if g is not None and g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
             lines.append(
                 f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
@@ -177,7 +178,9 @@ def build_report(
         ["#", "configuration", *GEN_COLUMNS, "gen flags"] if gen_table is not None and "cell" not in columns else None
     )
     if gen_columns:
-        md += "\n## What each configuration writes (final answers, seeds pooled)\n\n" + _md_table(gen_columns, rows)
+        md += "\n## What each configuration writes (final answers, seeds pooled)\n\n" + _md_table(
+            gen_columns, rows, GEN_COLUMNS
+        )
     if gens is not None:
         md += (
             "\n## Example answers (first seed of each configuration)\n"
@@ -371,10 +374,11 @@ def _markdown(name, columns, rows, lines, quart, cells, png) -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_table(columns: list[str], rows: list[dict]) -> str:
+def _md_table(columns: list[str], rows: list[dict], need: list[str] | None = None) -> str:
+    """A Markdown table of `rows`; with `need`, only the rows that have those keys."""
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(str(r.get(c, "–")).replace("|", "/") for c in columns) + " |" for r in rows
-            if all(c in r for c in columns)]  # fmt: skip
+            if all(c in r for c in need or [])]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
