@@ -296,7 +296,7 @@ class MatrixSpec(Strict):
 
     @model_validator(mode="after")
     def _judge_needs_generations(self):
-        problems = []
+        problems: list[tuple[tuple, str]] = []
         if self.judge is not None and self.eval.generate is None:
             problems.append((("judge",), "a judge compares generations; add eval.generate (e.g. {prompts: 64})"))
         if self.decision.metric == "win_rate" and self.judge is None:

@@ -248,7 +248,7 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
     if not quart.empty:
         figs["length.png"] = fig_length(cells, quart)
     if gens is not None and not gens.empty:
-        cap = results.read_json("plan.json").get("generate", {}) or {}
+        cap = (results.read_json("plan.json") or {}).get("generate") or {}
         figs["generations.png"] = fig_generations(cells, gens, colours, cap.get("max_new_tokens"))
     out = []
     for name, fig in figs.items():

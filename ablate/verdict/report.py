@@ -151,7 +151,7 @@ def build_report(
         lines += _generation_lines(gens, gen_table, judge, judgements, judge_error)
         w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
         known = w is not None and not win_rule and w["config_id"] in set(gen_table["config_id"])
-        g = gen_table.set_index("config_id").loc[w["config_id"]] if known else None
+        g = gen_table.set_index("config_id").loc[w["config_id"]] if known and w is not None else None
         if g is not None and g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
             lines.append(
                 f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
