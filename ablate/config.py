@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from .schema import TrainRecipe
+from .schema import GenerateSpec, TrainRecipe
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:
@@ -37,6 +37,7 @@ class CellConfig:
     model: dict[str, Any]  # model identity: builtin name + init seed, local file hashes, or hub id + revision
     data: DataConfig
     ablate_version: str
+    generate: GenerateSpec | None = None  # eval.generate: what the cell writes is one of its outputs
 
     @property
     def objective(self) -> str:
@@ -55,14 +56,18 @@ class CellConfig:
         return self.params.get("truncate", "none")  # left out of params (and the id) at "none"
 
     def to_json(self) -> dict[str, Any]:
-        """The hashed form (also stored in cell.json): the same layout since 0.1, so ids stay stable."""
-        return {
+        """The hashed form (also stored in cell.json): the same layout since 0.1, so ids stay stable; `generate`
+        is there only when the matrix asks for generations."""
+        out = {
             "params": dict(self.params),
             "train": self.train.model_dump(mode="json"),
             "model": dict(self.model),
             "data": self.data.to_json(),
             "ablate_version": self.ablate_version,
         }
+        if self.generate is not None:
+            out["generate"] = self.generate.model_dump(mode="json")
+        return out
 
     @property
     def id(self) -> str:

@@ -231,9 +231,67 @@ class ReplicateSpec(Strict):
     max_seeds: int = Field(3, ge=1, le=100, description="an integer ≥ 1: seeds per contending configuration")
 
 
+class GenerateSpec(Strict):
+    """`eval.generate`: each cell writes completions for a fixed, seeded sample of held-out prompts (the same
+    prompts for every cell). Every field but `backend` changes what a cell writes, so they are part of its id."""
+
+    prompts: int = Field(64, ge=1, le=1_000_000, description="how many held-out prompts (at most the held-out size)")
+    max_new_tokens: int = Field(256, ge=1, le=65_536)
+    temperature: float = Field(0.0, ge=0.0, le=10.0, description="0: greedy; above 0: sampling, seeded")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = Field(0, ge=0, description="picks the prompts; sampling is seeded with it and the cell's seed")
+    every: Literal["end", "eval"] = "end"  # eval: also at each held-out evaluation during training
+    batch_size: int = Field(32, ge=1, le=65_536)
+
+
+class EvalSpec(Strict):
+    generate: GenerateSpec | None = None
+
+
+class RewardModelJudge(Strict):
+    reward_model: str = Field(min_length=1, description="a sequence-classification reward model: local dir or hub id")
+    revision: str | None = None
+    batch_size: int = Field(16, ge=1, le=4096)
+
+
+class OpenAIEndpoint(Strict):
+    base_url: str = Field(pattern=r"^https?://[^\s]+$", description="e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(min_length=1)
+    # The NAME of the environment variable that holds the key; a key itself never goes in a matrix.
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    timeout_s: PosFloat = Field(60.0, le=3600)
+    retries: int = Field(3, ge=0, le=20, description="tries after the first, per request, with backoff")
+    concurrency: int = Field(4, ge=1, le=256)
+
+
+class OpenAIJudge(Strict):
+    openai_compatible: OpenAIEndpoint
+
+
+def _judge_kind(v: Any) -> str | None:
+    """Which judge a value means, by its shape, so a mistake is reported against that judge's fields only (tags are
+    capitalised so that error locations leave them out, as they do for other union members)."""
+    if isinstance(v, dict):
+        return "OpenAI" if "openai_compatible" in v else "RewardModel" if "reward_model" in v else None
+    if isinstance(v, (RewardModelJudge, OpenAIJudge)):
+        return "RewardModel" if isinstance(v, RewardModelJudge) else "OpenAI"
+    return "Builtin" if v == "builtin" else None
+
+
+_JUDGES = "builtin, {reward_model: DIR_OR_HUB_ID} or {openai_compatible: {base_url, model}}"
+JudgeSpec = Annotated[
+    Union[
+        Annotated[Literal["builtin"], Tag("Builtin")],
+        Annotated[RewardModelJudge, Tag("RewardModel")],
+        Annotated[OpenAIJudge, Tag("OpenAI")],
+    ],
+    Discriminator(_judge_kind, custom_error_type="judge", custom_error_message=f"allowed: {_JUDGES}"),
+]
+
+
 class DecisionSpec(Strict):
     baseline: dict[str, Any] = Field(default_factory=dict)
-    metric: Literal["heldout_accuracy"] = "heldout_accuracy"
+    metric: Literal["heldout_accuracy", "win_rate"] = "heldout_accuracy"
     rule: Literal["recipe", "adapter_exact", "paired_exact", "paired_bootstrap", "seed_rule"] = "recipe"
     alpha: float = Field(0.05, gt=0, lt=0.5)
     tolerance_pairs: int | None = Field(None, ge=0)
@@ -294,6 +352,8 @@ class MatrixSpec(Strict):
     matrix: Axes
     objectives: Objectives = Objectives()
     exclude: list[dict[str, Any]] = []
+    eval: EvalSpec = EvalSpec()
+    judge: JudgeSpec | None = Field(None, description=_JUDGES)
     decision: DecisionSpec = DecisionSpec()
     resources: ResourceSpec = ResourceSpec()
     storage: str = "results"
@@ -312,6 +372,21 @@ class MatrixSpec(Strict):
                 "(after the largest one listed), so raise max_seeds or set replicate: off"
             )
             raise Located([(("decision", "replicate", "max_seeds"), msg)])
+        return self
+
+    @model_validator(mode="after")
+    def _judge_needs_generations(self):
+        problems: list[tuple[tuple, str]] = []
+        if self.judge is not None and self.eval.generate is None:
+            problems.append((("judge",), "a judge compares generations; add eval.generate (e.g. {prompts: 64})"))
+        if self.decision.metric == "win_rate" and self.judge is None:
+            problems.append((("decision", "metric"), "win_rate needs a judge (judge: builtin | {reward_model: …} | "
+                             "{openai_compatible: …}) and eval.generate"))  # fmt: skip
+        if self.judge == "builtin" and not isinstance(self.data.heldout, BuiltinData):
+            problems.append((("judge",), "builtin knows the truth of builtin tasks only (data.heldout: {builtin: "
+                             "letters}); for your data use {reward_model: …} or {openai_compatible: …}"))  # fmt: skip
+        if problems:
+            raise Located(problems)
         return self
 
 

@@ -147,7 +147,8 @@ _MERGES = "m0: &m0 {k0: 0, k1: 1, k2: 2, k3: 3}\n" + "".join(
 )
 
 ALLOWED_FIELDS = (
-    "allowed here: data, decision, exclude, matrix, model, name, objectives, report_to, resources, storage, train"
+    "allowed here: data, decision, eval, exclude, judge, matrix, model, name, objectives, report_to, resources, "
+    "storage, train"
 )
 
 CASES = [

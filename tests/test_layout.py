@@ -19,14 +19,15 @@ LAYERS = [
     ["ablate.objectives", "ablate.results.storage", "ablate.verdict.stats", "ablate.verdict.diagnostics",
      "ablate.inputs.letters", "ablate.handoff.provenance", "ablate.handoff.packages"],
     ["ablate.schema", "ablate.results.lock", "ablate.results.collect"],
-    ["ablate.config", "ablate.inputs"],
+    ["ablate.config", "ablate.inputs", "ablate.judges"],
     ["ablate.matrix", "ablate.worker", "ablate.verdict"],
     ["ablate.cluster", "ablate.handoff"],
     ["ablate.api", "ablate.cli", "ablate.__main__"],
 ]  # fmt: skip
 # Same-layer packages that must never import each other: the worker is only reached through Ray tasks.
 APART = [("ablate.matrix", "ablate.worker"), ("ablate.verdict", "ablate.worker"), ("ablate.verdict", "ablate.matrix")]
-RAY_TASKS = {("ablate.cluster.runner", "ablate.worker.cell")}  # imported inside the remote functions, on workers
+# imported inside the remote functions, on workers
+RAY_TASKS = {("ablate.cluster.runner", "ablate.worker.cell"), ("ablate.cluster.judging", "ablate.worker.reward")}
 
 
 def module_name(path: Path) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..matrix.plan import Plan
-from ..results.collect import collect
+from ..results.collect import collect, read_judgements
 from ..verdict.decide import decide
+from ..verdict.winrate import win_pairs
+from .judging import judge_matrix
 from .runner import Callback, run_plan
 
 OnReplicate = Callable[[list, str], None]
@@ -27,15 +29,20 @@ def replication_request(plan: Plan) -> tuple[dict[str, int], str]:
     cells, pairs = collect(plan.results, write=False)
     if (cells["status"] != "done").any():  # failures or pending cells: nothing to decide yet
         return {}, ""
-    dec = decide(cells, pairs, d.rule, d.alpha, d.tolerance_pairs, max_seeds=d.max_seeds)
+    if d.metric == "win_rate":  # the judge's verdicts on the first round decide who gets seeds
+        judgements, error = read_judgements(plan.results, plan.to_json()["judge"]["key"])
+        if error or judgements is None or judgements.empty:
+            return {}, ""
+        pairs = win_pairs(judgements, cells)
+    dec = decide(cells, pairs, d.rule, d.alpha, d.tolerance_pairs, max_seeds=d.max_seeds, metric=d.metric)
     if not dec.replicate:
         return {}, ""
     labels = cells.drop_duplicates("config_id").set_index("config_id")["config"]
     contenders = [labels[c] for c in dec.replicate if labels[c] != dec.baseline]
+    on = "the judge's verdicts" if d.metric == "win_rate" else "the held-out pairs"
     why = (
         f"{' and '.join(contenders)} look{'s' if len(contenders) == 1 else ''} better than {dec.baseline} with "
-        f"{dec.seeds} seed(s) (exact test on the held-out pairs); a verdict about recipes needs {d.max_seeds} seeds "
-        "of each"
+        f"{dec.seeds} seed(s) (exact test on {on}); a verdict about recipes needs {d.max_seeds} seeds of each"
     )
     return dec.replicate, why
 
@@ -48,12 +55,16 @@ def run_matrix(
     num_cpus: int | None = None,
     on_replicate: OnReplicate | None = None,
 ) -> list[dict]:
-    """Train every cell not yet done, then the seeds adaptive replication asks for (at most one round)."""
+    """Train every cell not yet done, then the seeds adaptive replication asks for (at most one round); with a
+    judge, judge the generations after each round (a win-rate decision needs the first round's verdicts)."""
     finished = run_plan(plan, address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus)
+    judge_matrix(plan, address, num_cpus)
     more, why = replication_request(plan)
     if not more:
         return finished
     added = plan.add_seeds(more, why)
     if on_replicate:
         on_replicate(added, why)
-    return finished + run_plan(plan, address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus)
+    finished += run_plan(plan, address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus)
+    judge_matrix(plan, address, num_cpus)
+    return finished

@@ -13,6 +13,7 @@ import string
 # skewed the other way, which is how DPO's summed log-probs and SimPO's averages come apart.
 
 _GOOD, _BAD = string.ascii_lowercase[:13], string.ascii_lowercase[13:]
+FAVOURED = frozenset(_GOOD)  # the task's truth, for the builtin judge (ablate/judges.py)
 _TOPICS = ["cats", "rain", "maps", "tea", "bridges", "owls", "salt", "trains", "ink", "moss", "kites", "dust"]
 
 

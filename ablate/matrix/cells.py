@@ -171,6 +171,7 @@ def _expand_all(spec: MatrixSpec, model_identity: dict[str, Any], data_hashes: d
                 dict(model_identity),
                 data,
                 __version__,
+                spec.eval.generate,
             )
             cells.append(Cell(config, params, varied))
     return cells

@@ -18,6 +18,8 @@ from ..inputs.models import load_tokenizer, model_identity, resolve_model
 from ..inputs.split import split_from_train
 from ..inputs.structure import context_problems, device_problems, lora_problems, model_structure, tokenizer_problems
 from ..inputs.tokenize import encode, template_problem
+from ..judges import check as check_judging
+from ..judges import judge_info
 from ..results.storage import Store, cell_states, check_results_dir, is_uri, join, write_plan
 from ..schema import BuiltinData, DatasetSource, MatrixSpec, SplitFromTrain
 from .cells import Cell, baseline_cells, expand, selection_problems, with_seed
@@ -64,6 +66,8 @@ class Plan:
             },
             "ablate": provenance(),  # version and commit of the code that planned (and shipped) the run
             **({"split": self.split} if self.split else {}),
+            "generate": g.model_dump(mode="json") if (g := self.spec.eval.generate) else None,
+            "judge": judge_info(self.spec),
         }
 
     def write(self) -> None:
@@ -140,6 +144,7 @@ def make_plan(matrix: str | Path | MatrixSpec, results: str | Path | None = None
     problems += [f"{where}: {p}" for p in tracker_problems(spec.report_to)]
     if len(rows) == 2:
         problems += check_leakage(rows["train"], rows["heldout"], f"{where}: data")
+    problems += [f"{where}: {p}" for p in check_judging(spec, len(rows["heldout"]) if "heldout" in rows else None)]
 
     results_dir = results_location(spec, results)
     # The check names the matrix's `storage`; a root given on the command line is `--results`.

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from .. import objectives
 from ..errors import UserError
-from ..schema import DatasetSource, Located, MatrixSpec, yaml_number_hint
+from ..schema import DatasetSource, Located, MatrixSpec, RewardModelJudge, yaml_number_hint
 from . import safeyaml
 from .cells import selection_problems
 
@@ -276,7 +276,10 @@ def _resolve_paths(spec: MatrixSpec, base: Path) -> MatrixSpec:
         folder = next((d for d in (base / model.path, Path(model.path)) if _is_dir(d)), None)
         if folder is not None:
             model = model.model_copy(update={"path": str(folder.resolve())})
-    return spec.model_copy(update={"data": data, "model": model})
+    judge = spec.judge
+    if isinstance(judge, RewardModelJudge) and _is_dir(base / judge.reward_model):  # a local reward model
+        judge = judge.model_copy(update={"reward_model": str((base / judge.reward_model).resolve())})
+    return spec.model_copy(update={"data": data, "model": model, "judge": judge})
 
 
 def _is_dir(p: Path) -> bool:

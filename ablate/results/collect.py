@@ -23,7 +23,9 @@ METRIC_COLUMNS = [
     "peak_memory_mb", "trainable_params", "device",
     # how the cell got done: the micro-batch it ended with after OOM halvings, and where it resumed
     "micro_batch", "grad_accum", "oom_retries", "resumed_from_step", "node_id",
+    "generation_seconds", "generated_tokens_per_second", "generation_backend",  # with eval.generate
 ]
+GENERATIONS, JUDGEMENTS = "generations.parquet", "judgements.parquet"
 
 
 def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -59,11 +61,35 @@ def collect(results: str | Path | Store, write: bool = True) -> tuple[pd.DataFra
         cells[col] = cells[col].astype("Int64")
     pairs = pd.concat(pair_frames, ignore_index=True) if pair_frames else pd.DataFrame({"cell_id": pd.Series(dtype=str)})
     if write:
-        for name, df in (("cells.parquet", cells), ("pairs.parquet", pairs)):
+        gens = collect_generations(store, cells)
+        tables = [("cells.parquet", cells), ("pairs.parquet", pairs)] + ([(GENERATIONS, gens)] if gens is not None else [])
+        for name, df in tables:
             buf = io.BytesIO()
             df.to_parquet(buf, index=False)
             store.write_bytes(name, buf.getvalue())
     return cells, pairs
+
+
+def collect_generations(results: str | Path | Store, cells: pd.DataFrame) -> pd.DataFrame | None:
+    """Every done cell's generations (eval.generate) with cell_id, config_id and seed; None when there are none."""
+    store = as_store(results)
+    frames = []
+    for c in cells[cells["status"] == "done"].itertuples():
+        if store.exists(f"cells/{c.cell_id}/{GENERATIONS}"):
+            g = read_parquet(store, f"cells/{c.cell_id}/{GENERATIONS}")
+            frames.append(g.assign(cell_id=c.cell_id, config_id=c.config_id, seed=c.seed))
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def read_judgements(results: str | Path | Store, key: str) -> tuple[pd.DataFrame | None, str | None]:
+    """The judge's verdicts for the current cells (written by the judge step, ablate/cluster/judging.py) and
+    the judge step's last error, if it failed."""
+    store = as_store(results)
+    err = store.read_json(f"judgements/{key}/error.json")
+    df = read_parquet(store, JUDGEMENTS) if store.exists(JUDGEMENTS) else None
+    if df is not None:
+        df = df[df["judge_key"] == key]
+    return df, (err or {}).get("error")
 
 
 def read_untrained(results: str | Path | Store) -> pd.DataFrame | None:

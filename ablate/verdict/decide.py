@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import stats
+from . import stats, winrate
 from .diagnostics import margin_retention
 
 RULES = ("recipe", "adapter_exact", "paired_bootstrap", "seed_rule")
@@ -55,6 +55,7 @@ class Decision:
     seed_sd: float = float("nan")  # pooled seed-to-seed SD of a cell's held-out accuracy (nan: unknown)
     planning: str = ""  # held-out pairs and seeds that would detect a 3-point difference
     untrained: dict = field(default_factory=dict)  # the base model's own preference, and who beat it
+    metric: str = "heldout_accuracy"  # or win_rate: `accuracy` columns then hold win rates against the baseline
 
 
 def _wide(pairs: pd.DataFrame, cell_ids: list[str]) -> pd.DataFrame:
@@ -92,14 +93,18 @@ def decide(
     max_seeds: int | None = None,
     assumed_seed_sd: float | None = None,
     untrained: pd.DataFrame | None = None,
+    metric: str = "heldout_accuracy",
 ) -> Decision:
     """Pick the winner from the two Parquet tables.
 
     `logs` maps cell id → (train_log, eval_log) DataFrames (the seed rule judges margins with them);
     `max_seeds` turns on adaptive replication (the Decision's `replicate` says which configurations need
     more seeds); `assumed_seed_sd` (accuracy points) states the seed spread when every configuration has
-    one seed; `untrained` holds the base model's per-pair held-out log-probs (collect's base table)."""
-    rule = ALIASES.get(rule, rule)
+    one seed; `untrained` holds the base model's per-pair held-out log-probs (collect's base table).
+    metric="win_rate": `pairs` holds per-prompt outcomes against the baseline (verdict/winrate.py win_pairs),
+    decided by the same tests; τ² is pooled over the challengers (the baseline's 0.5s carry no seed spread)."""
+    rule, win = ALIASES.get(rule, rule), metric == "win_rate"
+    untrained = None if win else untrained
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     done = cells[cells["status"] == "done"].copy()
@@ -129,7 +134,7 @@ def decide(
     # Stage 1 = each configuration's cells from the matrix itself (replication adds the others later).
     first = {c: wide[list(configs[c].loc[~configs[c]["replicated"].astype(bool), "cell_id"])].to_numpy() for c in order}
     replicated = bool(done["replicated"].astype(bool).any())
-    sc = stats.seed_components(outcomes)
+    sc = stats.seed_components({c: y for c, y in outcomes.items() if not (win and c == base_id)})
     tau2 = float(sc["tau2"]) if sc["df"] else float("nan")
     if assumed_seed_sd is not None and not sc["df"]:
         tau2 = (assumed_seed_sd / 100) ** 2
@@ -137,7 +142,8 @@ def decide(
     seed_known = bool(sc["df"]) or assumed
 
     rows = {c: _row(configs[c], outcomes[c], outcomes[base_id], c == base_id, logs, tau2) for c in order}
-    _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, tau2 if assumed else None)
+    added = {c: bool(configs[c]["replicated"].astype(bool).any()) for c in chal}  # seeds replication trained
+    _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, tau2 if assumed else None, win, added)
 
     table = pd.DataFrame([rows[c] for c in order])
     unit = "recipe" if rule == "recipe" and seed_known else "adapter"
@@ -167,7 +173,7 @@ def decide(
             "(decision.replicate) make it a claim about recipes."
         )
     untrained_info = _vs_untrained(untrained, table, outcomes, label, tau2, alpha) if untrained is not None else {}
-    reason = _reason(table, label[base_id], winner, switch, rule, alpha, n_pairs, unit)
+    reason = (winrate.reason if win else _reason)(table, label[base_id], winner, switch, rule, alpha, n_pairs, unit)
     if untrained_info.get("nothing_learned"):
         reason = untrained_info["nothing_learned"] + " " + reason
         switch, winner = False, label[base_id]
@@ -182,6 +188,9 @@ def decide(
             "decision that is wrong at most α of the time"
         )
     planning = _planning(outcomes, base_id, chal, table, tau2, alpha, m) if m else ""
+    planning = (
+        planning.replace("held-out pairs", "prompts").replace("difference", "win-rate difference") if win else planning
+    )
     seeds = int(max(y.shape[1] for y in outcomes.values()))
     seed_sd = float(np.sqrt(tau2)) if np.isfinite(tau2) else float("nan")
     return Decision(
@@ -201,22 +210,21 @@ def decide(
         seed_sd,
         planning,
         untrained_info,
+        metric,
     )
 
 
-def _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, assumed_tau2) -> None:
+def _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, assumed_tau2, win=False, added=None):
     """Fill each challenger's row with the evidence of `rule`: p-values, bounds, MDE, significance."""
     m = len(chal)
     if not m:
         return
     if rule == "recipe":
         eligible = stats.contenders(first, base_id, alpha) if replicated else None
+        if replicated and win:  # first-round outcomes now average over every baseline seed: ask what replication did
+            eligible = added
         res = stats.decide_recipes(
-            outcomes,
-            base_id,
-            alpha,
-            eligible=eligible,
-            assumed_tau2=assumed_tau2,
+            outcomes, base_id, alpha, eligible=eligible, assumed_tau2=assumed_tau2, baseline_in_tau=not win
         )
         for j, c in enumerate(chal):
             rows[c].update(

@@ -7,6 +7,8 @@
 - margins.png   training margin and held-out accuracy over steps, one colour per configuration, seeds thin;
                 one panel per objective (their rewards are on different scales)
 - length.png    accuracy by length quartile, configurations × Q1..Q4 as a heat-map (flat rows = robust)
+- generations.png  (eval.generate) generated length per configuration (box: quartiles, seeds pooled; the
+                length cap dashed) and, with generations at evals, the median length over training steps
 
 Every configuration keeps one colour across plots; legends sit outside the axes, or are left out when the
 configurations are too many to name (the heat-maps and accuracy.png name them on the axis instead).
@@ -188,7 +190,47 @@ def fig_length(cells: pd.DataFrame, quart: pd.DataFrame):
     return fig
 
 
-def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart: pd.DataFrame) -> list[str]:
+def fig_generations(cells: pd.DataFrame, gens: pd.DataFrame, colours: dict, cap: float | None):
+    """Final answers' length per configuration in tokens (the cap dashed) and characters, seeds pooled; with
+    generations at evals, the median length over training steps."""
+    import matplotlib.pyplot as plt
+
+    label = cells.drop_duplicates("config_id").set_index("config_id")["config"]
+    g = gens.assign(config=gens["config_id"].map(label))
+    order = [c for c in colours if c in set(g["config"])][::-1]  # best held-out accuracy at the top
+    steps = g["step"].nunique() > 1
+    n = len(order)
+    fig, axes = plt.subplots(1, 3 if steps else 2, figsize=(16 if steps else 11, min(18, 1.6 + 0.3 * n)), squeeze=False)
+    final = g[g["final"]]
+    for ax, col, what in ((axes[0, 0], "tokens", "tokens"), (axes[0, 1], "chars", "characters")):
+        data = [final.loc[final["config"] == c, col].to_numpy(float) for c in order]
+        box = ax.boxplot(data, vert=False, patch_artist=True, widths=0.6, flierprops={"markersize": 2})
+        for patch, c in zip(box["boxes"], order):
+            patch.set_facecolor(colours[c])
+            patch.set_alpha(0.7)
+            patch.set_gid(c)
+        ax.set_yticks(range(1, n + 1), order if col == "tokens" else [""] * n, fontsize=8 if n <= 40 else 6)
+        if cap and col == "tokens":
+            ax.axvline(cap, color="grey", ls="--", lw=1)
+        ax.set_xlabel(f"{what} per answer" + (f" (dashed: max_new_tokens {cap:g})" if cap and col == "tokens" else ""))
+    axes[0, 0].set_title("What each configuration writes: length of its final answers (seeds pooled)", fontsize=10,
+                         loc="left")  # fmt: skip
+    if steps:
+        ax2 = axes[0, 2]
+        med = g.groupby(["config", "step"])["tokens"].median().reset_index()
+        for c in order:
+            m = med[med["config"] == c]
+            ax2.plot(m["step"], m["tokens"], marker="o", ms=3, color=colours[c], label=c, gid=c)
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("median generated tokens")
+        ax2.set_title("Median length over training (shrinking: collapse)", fontsize=10)
+        if n <= LEGEND_MAX:
+            ax2.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart: pd.DataFrame, gens=None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,6 +241,9 @@ def write_plots(results: Store, cells: pd.DataFrame, decision, logs: dict, quart
             "margins.png": fig_margins(cells, logs, colours)}  # fmt: skip
     if not quart.empty:
         figs["length.png"] = fig_length(cells, quart)
+    if gens is not None and not gens.empty:
+        cap = (results.read_json("plan.json") or {}).get("generate") or {}
+        figs["generations.png"] = fig_generations(cells, gens, colours, cap.get("max_new_tokens"))
     out = []
     for name, fig in figs.items():
         buf = io.BytesIO()

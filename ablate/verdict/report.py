@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..results.collect import collect, read_logs, read_untrained
+from ..results.collect import collect, collect_generations, read_judgements, read_logs, read_untrained
 from ..results.storage import Store, as_store, read_plan
+from . import winrate
 from .decide import ALIASES, Decision, decide
 from .diagnostics import length_bias, length_quartiles, length_summary, overoptimization
 
@@ -28,6 +29,8 @@ RULE_COLUMNS = {
     "seed_rule": ["≥ 1 more pair", "retention ≥ baseline"],
 }
 HEAD = ["#", "configuration", "seeds", "held-out acc", "95% interval", "vs baseline"]
+# With eval.generate: what the configuration writes (seeds pooled) and, with a judge, its win rate vs the baseline.
+GEN_COLUMNS = ["gen tokens (IQR)", "chars", "at cap", "rep-4", "win rate [95%]", "LC win"]
 TAIL = ["retention", "flags"]  # margins per cell: `ablate report --per-seed`
 SEED_COLUMNS = ["#", "cell", "held-out acc", "correct", "held-out margin", "train margin first→last", "flags"]
 
@@ -43,6 +46,9 @@ class Report:
     plots: list[str]
     cells: pd.DataFrame  # the collected tables the report was built from
     pairs: pd.DataFrame
+    generations: pd.DataFrame | None = None  # eval.generate: one row per cell × prompt (× eval step)
+    gen_columns: list[str] | None = None  # the second table: what each configuration writes (rows hold both)
+    judge_error: str | None = None  # the judge step failed (the cells are kept); `ablate resume` judges again
 
 
 def _fmt(x, spec=".3f", none="–"):
@@ -71,6 +77,10 @@ def build_report(
     logs = {cid: read_logs(results, cid) for cid in done["cell_id"]}
     over = {cid: overoptimization(*logs[cid]) for cid in logs}
     untrained = read_untrained(results)
+    gens = collect_generations(results, cells)
+    judge = plan.get("judge")
+    judgements, judge_error = read_judgements(results, judge["key"]) if judge else (None, None)
+    win_rule = d.get("metric") == "win_rate"
 
     decision, lines = None, []
     try:
@@ -80,22 +90,44 @@ def build_report(
         )  # fmt: skip
     except ValueError as e:
         lines.append(f"No decision yet: {e}.")
+    verdict = decision  # what decides: held-out accuracy, or the judge's win rate (decision.metric)
+    if win_rule and decision is not None:
+        verdict = None
+        if judge_error or judgements is None or judgements.empty:
+            why = judge_error or "not run"
+            lines.append(f"No decision yet: decision.metric is win_rate and the judge has no verdicts ({why}).")
+        else:
+            verdict = decide(cells, winrate.win_pairs(judgements, cells), rule, alpha, d.get("tolerance_pairs"), logs,
+                             assumed_seed_sd=d.get("assumed_seed_sd"), metric="win_rate")  # fmt: skip
+    gen_table = (
+        winrate.generation_table(cells, gens, judgements, (plan.get("generate") or {}).get("max_new_tokens"))
+        if gens is not None
+        else None
+    )
 
     if per_seed or decision is None:
         columns, rows = SEED_COLUMNS, _seed_rows(cells, pairs, decision, over)
     else:
         columns = HEAD + RULE_COLUMNS[rule] + TAIL
-        rows = _config_rows(cells, pairs, decision, over, untrained)
+        rows = _config_rows(cells, pairs, decision, over, untrained, verdict, gen_table)
 
-    if decision:
-        lines.insert(0, decision.reason)
-        what = "recipes: seeds and held-out pairs are the noise" if decision.unit == "recipe" else "trained adapters"
-        lines.append(
-            f"Rule: {rule} (α = {alpha}), a verdict about {what}; {decision.heldout_pairs} held-out pairs × up to "
-            f"{decision.seeds} seed(s). Smallest difference it detects at 80% power: {decision.mde:.1%} accuracy "
-            f"(≈ {decision.mde * decision.heldout_pairs:.0f} pairs)."
+    if verdict:
+        lines.insert(0, verdict.reason)
+        what = "recipes: seeds and held-out pairs are the noise" if verdict.unit == "recipe" else "trained adapters"
+        unit, size = ("win-rate points", "prompts") if win_rule else ("accuracy", "held-out pairs")
+        on = " on the judge's win rate against the baseline" if win_rule else ""
+        mde = (
+            f"Smallest difference it detects at 80% power: {verdict.mde:.1%} {unit} "
+            f"(≈ {verdict.mde * verdict.heldout_pairs:.0f} {size.split()[-1]})."
+            if verdict.mde < (0.5 if win_rule else 1.0)
+            else "At 80% power it detects no possible difference with this design."
         )
-        lines += decision.notes
+        lines.append(
+            f"Rule: {rule} (α = {alpha}){on}, a verdict about {what}; {verdict.heldout_pairs} {size} × up to "
+            f"{verdict.seeds} seed(s). {mde}"
+        )
+    if decision:
+        lines += (verdict or decision).notes
         if np.isfinite(decision.seed_sd):
             comp = decision.comparisons[~decision.comparisons["is_baseline"]]
             share = float(comp["seed_share"].mean()) if comp["seed_share"].notna().any() else float("nan")
@@ -104,8 +136,8 @@ def build_report(
                 f"configurations with ≥ 2 seeds); seeds make {_fmt(share, '.0%')} of a comparison's variance, "
                 f"held-out pairs the rest."
             )
-        if decision.planning:
-            lines.append(decision.planning)
+        if (verdict or decision).planning:
+            lines.append((verdict or decision).planning)
     for r in plan.get("replication") or []:
         added = "; ".join(f"{a['config']}: seeds {', '.join(map(str, a['seeds']))}" for a in r["added"])
         lines.append(f"Replication added {added} — {r['why']}.")
@@ -115,6 +147,16 @@ def build_report(
             f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "
             f"{ls['rejected_median']:.0f}; chosen is longer in {ls['share_chosen_longer']:.0%} of pairs."
         )
+    if gen_table is not None:
+        lines += _generation_lines(gens, gen_table, judge, judgements, judge_error)
+        w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
+        known = w is not None and not win_rule and w["config_id"] in set(gen_table["config_id"])
+        g = gen_table.set_index("config_id").loc[w["config_id"]] if known and w is not None else None
+        if g is not None and g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
+            lines.append(
+                f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
+                "prompts against the baseline's: its held-out gain does not show in what it writes."
+            )
     n_over = sum(v["flag"] for v in over.values())
     if n_over:
         lines.append(
@@ -130,11 +172,49 @@ def build_report(
     if plots and write and not done.empty:
         from .plots import write_plots
 
-        png = write_plots(results, cells, decision, logs, quart)
+        png = write_plots(results, cells, decision, logs, quart, gens)
     md = _markdown(plan["name"], columns, rows, lines, quart, cells, png)
+    gen_columns = (
+        ["#", "configuration", *GEN_COLUMNS, "gen flags"] if gen_table is not None and "cell" not in columns else None
+    )
+    if gen_columns:
+        md += "\n## What each configuration writes (final answers, seeds pooled)\n\n" + _md_table(
+            gen_columns, rows, GEN_COLUMNS
+        )
+    if gens is not None:
+        md += (
+            "\n## Example answers (first seed of each configuration)\n"
+            + "\n".join(winrate.examples(gens, cells, judgements))
+            + "\n"
+        )
     if write:
         results.write_text("report.md", md)
-    return Report(plan["name"], decision, rows, columns, lines, md, png, cells, pairs)
+    return Report(plan["name"], verdict, rows, columns, lines, md, png, cells, pairs, gens, gen_columns, judge_error)
+
+
+def _generation_lines(gens, table, judge, judgements, error) -> list[str]:
+    final = gens[gens["final"]]
+    out = [
+        f"Generations: {final['prompt_index'].nunique()} held-out prompts per cell; answers median "
+        f"{final['tokens'].median():.0f} tokens ({final['chars'].median():.0f} characters), "
+        f"{(final['finish'] == 'length').mean():.0%} stopped at max_new_tokens."
+    ]
+    if judge and error:
+        out.append(f"JUDGE FAILED ({judge['name']}): {error}. The cells are kept; `ablate resume` judges again.")
+    elif judge and judgements is not None and not judgements.empty:
+        out.append(
+            f"Judge: {judge['name']}; win rate = share of prompts on which it prefers the configuration's answer to "
+            "the baseline's (ties ½), over every seed pair; LC win = at equal answer lengths (logistic adjustment)."
+        )
+    why = {
+        "collapsed": f"median seq-rep-4 above {winrate.COLLAPSE_REPETITION} or answers shrinking below "
+        f"{winrate.SHRINK:.0%} of their first length across evals",
+        "verbose": f"median length ≥ {winrate.VERBOSE_LENGTH}× the baseline's, win rate not above 50%",
+    }
+    for flag in why:
+        if table[flag].any():
+            out.append(f"{int(table[flag].sum())} configuration(s) {flag}: {why[flag]}.")
+    return out
 
 
 def _flags_by_config(cells: pd.DataFrame, pairs: pd.DataFrame, over: dict) -> dict[str, list[str]]:
@@ -157,8 +237,12 @@ def _flags_by_config(cells: pd.DataFrame, pairs: pd.DataFrame, over: dict) -> di
     return out
 
 
-def _config_rows(cells, pairs, decision: Decision, over, untrained) -> list[dict]:
+def _config_rows(cells, pairs, decision: Decision, over, untrained, verdict=None, gen=None) -> list[dict]:
+    """Accuracy columns from `decision`; the test's columns, WINNER and contention from `verdict` (the same
+    decision, or the win-rate one); the generation columns from `gen` (winrate.generation_table)."""
     comp = decision.comparisons.set_index("config_id")
+    vcomp = verdict.comparisons.set_index("config_id") if verdict is not None else None
+    g = gen.set_index("config_id") if gen is not None and not gen.empty else None
     flags = _flags_by_config(cells, pairs, over)
     ranked = comp.sort_values("accuracy", ascending=False)
     rows = []
@@ -175,10 +259,13 @@ def _config_rows(cells, pairs, decision: Decision, over, untrained) -> list[dict
         f = list(flags.get(cid, []))
         if c["is_baseline"]:
             f.insert(0, "baseline")
-        if decision.switch and c["config"] == decision.winner:
+        v = vcomp.loc[cid] if vcomp is not None and cid in vcomp.index else None
+        if verdict is not None and verdict.switch and c["config"] == verdict.winner:
             f.insert(0, "WINNER")
-        if c["contender"] is False:
+        if v is not None and v["contender"] is False:
             f.append("not in contention")
+        gen_flags = [x for x in ("collapsed", "verbose") if g is not None and cid in g.index and g.at[cid, x]]
+        f += gen_flags
         if decision.untrained and not decision.untrained["above"].get(c["config"], True):
             f.append("≤ untrained")
         acc = f"{c['accuracy']:.3f}" + (f" ± {c['accuracy_seed_sd']:.3f}" if c["seeds"] > 1 else "")
@@ -193,16 +280,34 @@ def _config_rows(cells, pairs, decision: Decision, over, untrained) -> list[dict
             "flags": ", ".join(f),
             "_style": "bold green" if "WINNER" in f else None,
         }
-        if not c["is_baseline"]:
+        if g is not None and cid in g.index:
+            row.update(_gen_cells(g.loc[cid], c["is_baseline"]), **{"gen flags": ", ".join(gen_flags)})
+        if not c["is_baseline"] and v is not None:
             row.update({
-                "p (Holm, 1-sided)": _fmt(c["p_adjusted"], ".3g"),
-                "lower bound": _pct(c["ci_low"]),
-                "interval": f"[{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]",
-                "≥ 1 more pair": "yes" if c["diff_pairs"] >= 1 else "no",
-                "retention ≥ baseline": "yes" if c["significant"] else ("–" if c["diff_pairs"] < 1 else "no"),
+                "p (Holm, 1-sided)": _fmt(v["p_adjusted"], ".3g"),
+                "lower bound": _pct(v["ci_low"]),
+                "interval": f"[{_pct(v['ci_low'])}, {_pct(v['ci_high'])}]",
+                "≥ 1 more pair": "yes" if v["diff_pairs"] >= 1 else "no",
+                "retention ≥ baseline": "yes" if v["significant"] else ("–" if v["diff_pairs"] < 1 else "no"),
             })  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _gen_cells(g: pd.Series, is_baseline: bool) -> dict:
+    win = "–"
+    if is_baseline and g["win_rate"] == g["win_rate"]:
+        win = "0.500 (itself)"
+    elif g["win_rate"] == g["win_rate"]:
+        win = f"{g['win_rate']:.3f} [{g['win_low']:.2f}, {g['win_high']:.2f}]"
+    return {
+        "gen tokens (IQR)": f"{g['gen_median_tokens']:.0f} ({g['gen_q1_tokens']:.0f}–{g['gen_q3_tokens']:.0f})",
+        "chars": f"{g['gen_median_chars']:.0f}",
+        "at cap": f"{g['at_cap']:.0%}",
+        "rep-4": f"{g['repetition']:.2f}",
+        "win rate [95%]": win,
+        "LC win": "–" if is_baseline else _fmt(g["lc_win_rate"]),
+    }
 
 
 def _interval(p: float, n: int) -> str:
@@ -249,8 +354,7 @@ def _markdown(name, columns, rows, lines, quart, cells, png) -> str:
     out = [f"# ablate report: {name}", "", f"**{lines[0]}**" if lines else "", ""]
     out += [f"- {line}" for line in lines[1:]]
     title = "Cells, ranked by held-out accuracy" if "cell" in columns else "Configurations (seeds pooled)"
-    out += ["", f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(str(r.get(c, "–")).replace("|", "/") for c in columns) + " |" for r in rows]
+    out += ["", f"## {title}", "", _md_table(columns, rows)]
     if not quart.empty:
         labels = cells.set_index("cell_id")["label"]
         out += [
@@ -270,6 +374,14 @@ def _markdown(name, columns, rows, lines, quart, cells, png) -> str:
     return "\n".join(out) + "\n"
 
 
+def _md_table(columns: list[str], rows: list[dict], need: list[str] | None = None) -> str:
+    """A Markdown table of `rows`; with `need`, only the rows that have those keys."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(str(r.get(c, "–")).replace("|", "/") for c in columns) + " |" for r in rows
+            if all(c in r for c in need or [])]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def print_report(rep: Report, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -279,11 +391,20 @@ def print_report(rep: Report, console=None) -> None:
         console.width = 160
     table = Table(title=f"ablate · {rep.name}", title_justify="left")
     right = {"#", "seeds", "held-out acc", "correct", "p (Holm, 1-sided)", "lower bound", "retention"}
+    right |= {"at cap", "rep-4", "LC win", "chars"}
     for c in rep.columns:
         table.add_column(c, justify="right" if c in right else "left", overflow="fold")
     for r in rep.rows:
         table.add_row(*(str(r.get(c, "–")) for c in rep.columns), style=r.get("_style"))
     console.print(table)
+    if rep.gen_columns:
+        gen = Table(title="what each configuration writes (final answers, seeds pooled)", title_justify="left")
+        for c in rep.gen_columns:
+            gen.add_column(c, justify="left" if c in ("configuration", "gen flags") else "right", overflow="fold")
+        for r in rep.rows:
+            if all(c in r for c in rep.gen_columns):
+                gen.add_row(*(str(r.get(c, "–")) for c in rep.gen_columns), style=r.get("_style"))
+        console.print(gen)
     if rep.lines:
         from rich.text import Text
 

@@ -193,19 +193,28 @@ def overturning_seed_sd(base, chal, alpha=0.05, m=1, one_sided=True):
 
 
 def decide_recipes(
-    outcomes: dict, baseline: str, alpha=0.05, eligible=None, assumed_tau2=None, power=0.8, one_sided=True
+    outcomes: dict,
+    baseline: str,
+    alpha=0.05,
+    eligible=None,
+    assumed_tau2=None,
+    power=0.8,
+    one_sided=True,
+    baseline_in_tau=True,
 ) -> dict:
     """Compare every challenger with the baseline: recipe level when τ² is estimable (a configuration
     has ≥ 2 seeds) or assumed (df = inf), adapter level (exact test) otherwise. `eligible` maps
     challenger → bool (or bool array over leading axes): ineligible ones get p = 1 and stay in Holm's m.
-    Returns arrays with challengers on the last axis; best = index of the significant challenger with
-    the largest D, −1 = keep the baseline (parsimony among near-ties is the caller's)."""
+    baseline_in_tau=False pools τ² over the challengers only (win rates: the baseline's matrix is a
+    constant 0.5 that carries no seed spread). Returns arrays with challengers on the last axis; best =
+    index of the significant challenger with the largest D, −1 = keep the baseline (parsimony among
+    near-ties is the caller's)."""
     chal = [c for c in outcomes if c != baseline]
     m, base = len(chal), outcomes[baseline]
     if assumed_tau2 is not None:
         tau2, df_seed, s2 = assumed_tau2, np.inf, assumed_tau2
     else:
-        sc = seed_components(outcomes)
+        sc = seed_components(outcomes if baseline_in_tau else {c: outcomes[c] for c in chal})
         tau2, df_seed, s2 = sc["tau2"], sc["df"], sc["s2"]
     level = "recipe" if df_seed else "adapter"
     rows = [

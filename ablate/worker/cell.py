@@ -25,6 +25,7 @@ from ..results.storage import UNTRAINED, Store
 from ..schema import ModelSpec
 from .checkpoint import Checkpointer
 from .faults import Faults
+from .generate import CellGeneration
 from .recipe import CellResult, Recipe, TrainState, reference_logps
 
 T = TypeVar("T")
@@ -148,14 +149,16 @@ def _node_id() -> str | None:
 class _Hooks:
     """What the worker does after each step: checkpoint, report progress, and (in tests) inject faults."""
 
-    def __init__(self, checkpoint: Checkpointer, beat: Heartbeat, resumed: bool):
-        self.checkpoint, self.beat, self.resumed = checkpoint, beat, resumed
+    def __init__(self, checkpoint: Checkpointer, beat: Heartbeat, resumed: bool, gen: CellGeneration | None = None):
+        self.checkpoint, self.beat, self.resumed, self.gen = checkpoint, beat, resumed, gen
         self.faults = Faults.from_env()
 
     def before_batch(self, micro: int) -> None:
         self.faults.before_batch(micro)
 
     def after_step(self, recipe: Recipe, state: TrainState, total_steps: int) -> None:
+        if self.gen:  # generations at held-out evals go into the state, so a checkpoint keeps them
+            self.gen.after_step(recipe, state)
         if state.step < total_steps and not state.stopped_early and self.checkpoint.due(state.step):
             self.checkpoint.save(recipe, state)
         self.beat.progress(state.step, total_steps, state.train_log[-1] if state.train_log else None)
@@ -178,12 +181,15 @@ def train_and_stage(
     recipe = Recipe(cell, model_spec, runtime, micro_batch=micro).setup(train_rows, heldout_rows, ref)
     state = checkpoint.restore(recipe)
     resumed_from = state.step if state else None
-    state = recipe.train(state or TrainState(), _Hooks(checkpoint, beat, resumed_from is not None))
+    gen = CellGeneration.maybe(cell, model_spec, heldout_rows)
+    state = recipe.train(state or TrainState(), _Hooks(checkpoint, beat, resumed_from is not None, gen))
     result = recipe.finish(state, resumed_from)
     (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
     (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
     result.pairs.to_parquet(staging / "pairs.parquet", index=False)
     recipe.model.save_pretrained(staging / "adapter")
+    if gen:  # last: the final generation may merge the adapter into the weights
+        result.summary.update(gen.finish(recipe, state, staging))
     return result
 
 

@@ -45,6 +45,7 @@ class TrainState:
     stopped_early: bool = False
     tokens: int = 0
     seconds: float = 0.0
+    generations: list[dict] = field(default_factory=list)  # eval.generate every: eval (worker/generate.py)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
