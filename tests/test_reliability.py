@@ -1,8 +1,9 @@
 """Failure tests on real Ray with the real trainer: a cell that raises, a killed driver, Ctrl-C, a second
-run on the same results, a lost worker and a lost node, OOM, and mid-cell checkpoints.
+run on the same results, a lost worker and a lost node, OOM, mid-cell checkpoints, fail fast.
 
-Faults are injected through test hooks in ablate/train.py (ABLATE_TEST_*), read from the environment by
-the Ray workers; nothing of Ray or the trainer is mocked.
+Faults are injected through test hooks in ablate/worker/faults.py (ABLATE_TEST_*), read from the environment
+by the Ray workers; nothing of Ray or the trainer is mocked. Every wait is on an event (a file, a heartbeat,
+a process exit) with a generous explicit deadline, never on a guess of how long something takes.
 """
 
 import hashlib
@@ -20,6 +21,7 @@ from conftest import ablate_cli as ablate
 from conftest import ablate_start as start
 from conftest import small_matrix, train_directly
 
+from ablate.cluster.runner import run_plan
 from ablate.matrix.plan import make_plan
 
 
@@ -49,6 +51,22 @@ def wait_for(cond, timeout: float = 240, what: str = "condition"):
             return got
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def training(res: Path, min_step: int = 1) -> dict | None:
+    """The heartbeat of a cell that has trained `min_step` steps, if one has."""
+    for f in (res / "running").glob("*.json"):
+        try:
+            info = json.loads(f.read_text())
+        except (OSError, ValueError):  # replaced while we read it
+            continue
+        if (info.get("step") or 0) >= min_step:
+            return info
+    return None
+
+
+def staging(res: Path) -> list[Path]:
+    return list((res / "cells").glob(".tmp-*"))
 
 
 def done_cells(res: Path) -> list[Path]:
@@ -81,6 +99,7 @@ def assert_complete(cell: Path) -> None:
 def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tmp_path):
     m = small_matrix()
     m["matrix"]["lora_rank"] = [4, 8]
+    m["resources"] = {"fail_fast": False}  # `off` keeps running after identical failures: the other cells finish
     p = write(tmp_path, m)
     res = tmp_path / "r" / "t"
     r = ablate("run", p, "--results", tmp_path / "r", ABLATE_TEST_RAISE_AT="simpo@2")
@@ -127,6 +146,7 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
 
     r = ablate("status", res)
     assert r.returncode == 0 and "done" in summary(r.stdout)  # a killed run leaves a readable results directory
+    (res / "cells" / ".tmp-leftover-0000").mkdir(exist_ok=True)  # as a worker killed mid-cell leaves it
 
     # Resources are not part of a cell's identity: resume may run the rest two at a time.
     m = slow_matrix()
@@ -135,6 +155,7 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
     r = ablate("resume", p, "--results", tmp_path / "r")
     assert r.returncode == 0, r.stderr
     assert f"training {4 - len(before)} cell(s)" in r.stdout
+    assert not staging(res)  # what the killed run was staging is gone; finished cells are checked below
     cells = pd.read_parquet(res / "cells.parquet")
     assert len(cells) == 4 and cells["cell_id"].is_unique and (cells["status"] == "done").all()
     pairs = pd.read_parquet(res / "pairs.parquet")
@@ -147,36 +168,48 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
 def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
     p = write(tmp_path, slow_matrix())
     res = tmp_path / "r" / "rel"
-    a = start("run", p, "--results", tmp_path / "r")
+    gate = tmp_path / "gate"
+    gate.touch()  # cells hold after their first step while this file exists
+    a = start("run", p, "--results", tmp_path / "r", ABLATE_TEST_GATE=gate)
     try:
-        wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell")
-        # While cells train, status shows them running (their workers' heartbeats).
+        # While a cell trains, status shows it running, with its step from the worker's heartbeat.
+        wait_for(lambda: training(res), what="a cell holding at the gate after step 1")
         r = ablate("status", res)
-        assert r.returncode == 0 and "running" in summary(r.stdout), r.stdout
+        assert r.returncode == 0 and summary(r.stdout).startswith("0 done, 1 running, 3 pending"), r.stdout
+        assert "1/24" in r.stdout, r.stdout
+        gate.unlink()
+        wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell")
+        # Ctrl-C now, while the first cell's task is still returning: force-cancelling such a task aborted
+        # Ray's core worker in the driver (exit 1, a C++ stack trace) instead of exit 130.
         a.send_signal(signal.SIGINT)
-        out, errs = a.communicate(timeout=60)
+        out, errs = a.communicate(timeout=120)
     finally:
         a.kill()
     assert a.returncode == 130, errs
-    assert "ablate resume" in errs and "Traceback" not in errs
+    assert "ablate resume" in errs and "Traceback" not in errs, errs
+    assert "Check failed" not in errs and "unexpected system state" not in errs and "*** " not in errs, errs
     kept = done_cells(res)
     assert 1 <= len(kept) < 4
     for cell in kept:
         assert_complete(cell)
+    assert not staging(res)  # the cancelled cell dropped its staging folder itself
+    assert not list((res / "running").glob("*.json"))
     r = ablate("status", res)
-    assert r.returncode == 0 and "running" not in summary(r.stdout) and "pending" in summary(r.stdout), r.stdout
+    s = summary(r.stdout)
+    assert r.returncode == 0 and " 0 running" in s and "pending" in s and " 0 failed" in s, r.stdout
 
 
-def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
+def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path, local_ray, monkeypatch):
     m = small_matrix()
     m["matrix"]["objective"] = ["simpo"]
     m["decision"]["baseline"] = {"objective": "simpo"}
     m["train"].update(batch_size=4, max_steps=4)
     m["resources"] = {"max_oom_retries": 2}
     p = write(tmp_path, m)
-    r = ablate("run", p, "--results", tmp_path / "oom", ABLATE_TEST_OOM_ABOVE=1)
-    assert r.returncode == 0, r.stderr
-    row = pd.read_parquet(tmp_path / "oom" / "t" / "cells.parquet").iloc[0]
+    monkeypatch.setenv("ABLATE_TEST_OOM_ABOVE", "1")
+    [row] = run_plan(make_plan(p, results=tmp_path / "oom"))
+    monkeypatch.delenv("ABLATE_TEST_OOM_ABOVE")
+    assert row["status"] == "done", row
     assert (row["micro_batch"], row["grad_accum"], row["oom_retries"]) == (1, 4, 2)
 
     # The same cell without OOMs, in-process: the same training up to float summation order.
@@ -187,11 +220,8 @@ def test_oom_halves_micro_batch_with_same_effective_batch(tmp_path):
     assert row["heldout_margin"] == pytest.approx(plain["heldout_margin"], rel=1e-4, abs=1e-6)
 
     # Bounded: with one halving allowed, micro-batch 2 still "OOMs", and the cell fails with the reason.
-    os.environ["ABLATE_TEST_OOM_ABOVE"] = "1"
-    try:
-        out = train_directly(plan, c, str(tmp_path / "bound"), max_oom_retries=1)
-    finally:
-        del os.environ["ABLATE_TEST_OOM_ABOVE"]
+    monkeypatch.setenv("ABLATE_TEST_OOM_ABOVE", "1")
+    out = train_directly(plan, c, str(tmp_path / "bound"), max_oom_retries=1)
     assert out["status"] == "failed" and out["error_type"] == "OutOfMemoryError"
     assert "out of GPU memory at micro-batch 2 after 1 halving(s)" in out["error"]
     assert "OutOfMemoryError" in (tmp_path / "bound" / "cells" / c.id / "error.txt").read_text()
@@ -208,24 +238,22 @@ def _comparable(res: Path) -> dict:
     return out
 
 
-def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
+def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_path, local_ray, monkeypatch):
     m = slow_matrix(max_steps=12, checkpoint_every_steps=4)
     m["matrix"]["lora_rank"] = [4]
     m["resources"] = {"max_retries": 0}
     p = write(tmp_path, m)
     # Every worker dies at step 6 (after its step-4 checkpoint). With max_retries 0 Ray does not retry:
     # the cells are recorded failed as lost workers, with their checkpoints kept.
-    r = ablate("run", p, "--results", tmp_path / "k", ABLATE_TEST_KILL_AT_STEP=6)
-    assert r.returncode == 1, r.stderr
-    cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
-    assert (cells["status"] == "failed").all()
-    assert all("Worker" in t or "Crash" in t or "Died" in t for t in cells["error_type"]), cells["error_type"]
+    monkeypatch.setenv("ABLATE_TEST_KILL_AT_STEP", "6")
+    out = run_plan(make_plan(p, results=tmp_path / "k"))
+    assert [o["status"] for o in out] == ["failed", "failed"], out
+    assert all("Worker" in o["error_type"] or "Crash" in o["error_type"] or "Died" in o["error_type"] for o in out)
     assert len(list((tmp_path / "k" / "rel" / "checkpoints").glob("*.pt"))) == 2
 
-    r = ablate("resume", p, "--results", tmp_path / "k", ABLATE_TEST_KILL_AT_STEP=6)
-    assert r.returncode == 0, r.stderr
-    cells = pd.read_parquet(tmp_path / "k" / "rel" / "cells.parquet")
-    assert (cells["resumed_from_step"] == 4).all()
+    out = run_plan(make_plan(p, results=tmp_path / "k"))  # resume: a resumed cell is not killed again
+    assert [(o["status"], o["resumed_from_step"]) for o in out] == [("done", 4), ("done", 4)], out
+    monkeypatch.delenv("ABLATE_TEST_KILL_AT_STEP")
 
     # The uninterrupted run, in-process with the one torch thread a Ray worker of this matrix uses.
     import torch
@@ -245,12 +273,10 @@ def test_lost_worker_then_resume_from_checkpoint_equals_uninterrupted_run(tmp_pa
         pd.testing.assert_frame_equal(resumed[cid][2], straight[cid][2])
 
 
-def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_lost_node_is_retried_elsewhere_and_resumes_from_checkpoint(tmp_path, own_ray):
     import ray
     from ray.cluster_utils import Cluster
-
-    from ablate.cluster.runner import run_plan
-    from ablate.matrix.plan import make_plan
 
     m = slow_matrix(max_steps=60, checkpoint_every_steps=2)
     m["matrix"]["objective"] = ["simpo"]

@@ -236,6 +236,8 @@ def run_cell(
             storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
             return cell_json
         except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
+            if storage.unwritable(store, e):
+                raise  # the store refuses writes: the failure could not be recorded either (below)
             cell_json.update(
                 status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else ""
             )
@@ -247,6 +249,11 @@ def run_cell(
         if not storage.publish_cell(store, cell_id, staging):  # another attempt finished first: report theirs
             return storage.read_cell_json(store, cell_id) or cell_json
         return cell_json
+    except Exception as e:
+        reason = storage.unwritable(store, e)
+        if reason:  # full, read-only: nothing about this cell can be written; the driver stops the run
+            raise storage.ResultsUnwritable(reason) from None
+        raise
     finally:
         beat.stop()
 
