@@ -9,6 +9,7 @@ a process exit) with a generous explicit deadline, never on a guess of how long 
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -170,7 +171,7 @@ def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
     res = tmp_path / "r" / "rel"
     gate = tmp_path / "gate"
     gate.touch()  # cells hold after their first step while this file exists
-    a = start("run", p, "--results", tmp_path / "r", ABLATE_TEST_GATE=gate)
+    a = start("run", p, "--results", tmp_path / "r", ABLATE_TEST_GATE=gate, ABLATE_PROGRESS_EVERY_S=0)
     try:
         # While a cell trains, status shows it running, with its step from the worker's heartbeat.
         wait_for(lambda: training(res), what="a cell holding at the gate after step 1")
@@ -187,6 +188,13 @@ def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
         a.kill()
     assert a.returncode == 130, errs
     assert "ablate resume" in errs and "Traceback" not in errs, errs
+    # Not a terminal: progress comes as plain lines (no spinner frames, no cursor movement), one of them with
+    # the held cell's step, loss, margin and time from its heartbeat.
+    assert re.search(r"^progress: 0/4 done, 1 running, 3 pending, 0 failed; \d+s elapsed; ETA estimating$", out, re.M)
+    assert re.search(r"^  running \S+ r\d+ .*s0: step 1/24, loss \d\.\d{4}, margin [+-]\d\.\d{3}, \d+s$", out, re.M), (
+        out
+    )
+    assert not re.search("[\r\x1b\u2800-\u28ff]", out)
     assert "Check failed" not in errs and "unexpected system state" not in errs and "*** " not in errs, errs
     kept = done_cells(res)
     assert 1 <= len(kept) < 4

@@ -180,10 +180,10 @@ def run_plan(
             raise _unwritable(plan, e) from None
         status = plan.status()
         todo = [c for c in plan.cells if status[c.id] != "done"]
-        if progress is not None:
-            progress.add(plan.cells, status)
         if on_start:
             on_start(len(todo))
+        if progress is not None:
+            progress.add(plan.cells, status)
         if not todo:
             return []
         with _sigterm_as_interrupt():
@@ -205,9 +205,8 @@ def _unwritable(plan: Plan, e: BaseException) -> BaseException:
 
 _MASKS = [
     (re.compile(r"\S*[/\\]\S*"), "<path>"),  # file paths and URLs
-    (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<n>"),
-    (re.compile(r"\b[0-9a-f]{8,}\b"), "<id>"),  # cell ids, task and node ids
-    (re.compile(r"\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"), "<n>"),
+    (re.compile(r"\b[0-9a-f]{8,}\b"), "<n>"),  # cell, task and node ids, even without a digit
+    (re.compile(r"\w*\d\w*"), "<n>"),  # numbers, and words with digits in them (0x7f3a, ids, ports)
 ]
 
 

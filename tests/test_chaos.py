@@ -1,0 +1,164 @@
+"""Chaos: a 16-cell matrix on a two-node `ray.cluster_utils` cluster while worker processes are SIGKILLed at
+random moments (seeded, bounded). Every cell must end done with exactly the numbers of an undisturbed run
+(CPU determinism; a killed cell resumes from its last checkpoint), nothing may be half-published, and the
+next run cleans what the killed workers were staging without touching a finished cell.
+
+Disk trouble (results full or read-only mid-run) is in test_storage.py.
+"""
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import small_matrix, train_directly
+
+from ablate.cluster.runner import run_plan
+from ablate.matrix.plan import make_plan
+
+SEED = 15
+KILLS = 8  # SIGKILLs in all: each cell may take several, and max_retries is above the total, so none can fail
+STEPS = 12
+
+
+def chaos_matrix() -> dict:
+    m = small_matrix(name="chaos")
+    m["data"]["train"]["n"] = 32
+    m["data"]["heldout"]["n"] = 16
+    m["train"].update(batch_size=8, max_steps=STEPS, logging_steps=1, eval_steps=4, checkpoint_every_steps=2)
+    m["matrix"] = {"objective": ["dpo", "simpo"], "lora_rank": [4, 8], "seed": [0, 1, 2, 3]}
+    m["resources"] = {"max_retries": KILLS + 1, "fail_fast": False}
+    return m
+
+
+def heartbeats(res: Path) -> dict[str, dict]:
+    out = {}
+    for f in sorted((res / "running").glob("*.json")):
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except (OSError, ValueError):  # replaced or removed while we read it
+            pass
+    return out
+
+
+def kill_workers(res: Path, rng: random.Random, done: threading.Event, log: list) -> None:
+    """SIGKILL the workers of KILLS cells, chosen by the seed among the first 12 to start (the order their
+    heartbeats appear), each at a seeded moment: half within a random 0-1 s of starting (loading, setting up
+    or early training), half once past a random step (mid-training, so the retry resumes from a checkpoint).
+    A chosen cell that finishes before its moment passes its kill on to the next cell to start."""
+    moments = [("after", rng.uniform(0, 1.0)) if i % 2 else ("step", rng.randint(1, STEPS - 4)) for i in range(KILLS)]
+    chosen = dict(zip(sorted(rng.sample(range(12), KILLS)), moments))
+    started: list[str] = []
+    due: dict[str, tuple[str, float]] = {}
+    spare: list[tuple[str, float]] = []
+    while len(log) < KILLS and not done.wait(0.02):
+        beats = heartbeats(res)
+        now = time.monotonic()
+        for cid in sorted(set(beats) - set(started)):
+            started.append(cid)
+            moment = chosen.get(len(started) - 1) or (spare.pop(0) if spare else None)
+            if moment is not None:
+                due[cid] = ("after", now + moment[1]) if moment[0] == "after" else moment
+        for cid, (kind, at) in list(due.items()):
+            beat = beats.get(cid)
+            if beat is None:
+                if (res / "cells" / cid / "DONE").exists():  # finished first: the next cell takes this kill
+                    spare.append(("step", at) if kind == "step" else ("after", 0.0))
+                    del due[cid]
+                continue
+            if (now >= at) if kind == "after" else ((beat.get("step") or 0) >= at):
+                try:
+                    os.kill(int(beat["pid"]), signal.SIGKILL)
+                except (ProcessLookupError, KeyError, ValueError):
+                    continue  # between attempts: try again on the next look
+                log.append((cid, kind, beat.get("step")))
+                del due[cid]
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def numbers(d: Path):
+    """Everything a cell computed: each logged training row, each evaluation, each held-out pair."""
+    return (
+        (d / "train_log.jsonl").read_text(),
+        (d / "eval_log.jsonl").read_text(),
+        pd.read_parquet(d / "pairs.parquet"),
+    )
+
+
+@pytest.mark.slow
+def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_numbers(tmp_path, own_ray):
+    from ray.cluster_utils import Cluster
+
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(chaos_matrix(), sort_keys=False))
+    plan = make_plan(p, results=tmp_path / "r")
+    assert len(plan.cells) == 16
+    res = plan.results.local_path()
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    done, log = threading.Event(), []
+    killer = threading.Thread(target=kill_workers, args=(res, random.Random(SEED), done, log), daemon=True)
+    t0 = time.monotonic()
+    try:
+        own_ray.init(address=cluster.address)
+        assert len([n for n in own_ray.nodes() if n["Alive"]]) == 2
+        killer.start()
+        out = run_plan(plan, address=cluster.address)
+        done.set()
+        killer.join(timeout=30)
+        seconds = time.monotonic() - t0
+        stale = [d.name for d in (res / "cells").glob(".tmp-*")]  # what killed workers were staging
+        finished = {d.name: files(d) for d in (res / "cells").glob("*/") if (d / "DONE").is_file()}
+        again = run_plan(make_plan(p, results=tmp_path / "r"), address=cluster.address)  # nothing left to train
+    finally:
+        done.set()
+        own_ray.shutdown()
+        cluster.shutdown()
+
+    assert len(log) == KILLS, f"only {len(log)} kills happened; the test proves less than it claims"
+    assert [o["status"] for o in out] == ["done"] * 16, [(o.get("label"), o.get("error")) for o in out]
+    assert again == [] and len(finished) == 16
+    assert {d.name: files(d) for d in (res / "cells").iterdir()} == finished  # untouched, byte for byte, no .tmp-*
+    resumed = [o for o in out if o.get("resumed_from_step")]
+
+    # Nothing half-published: every cell folder is complete with DONE; no checkpoint or heartbeat is left.
+    cells = sorted(d for d in (res / "cells").iterdir())
+    assert [d.name for d in cells] == sorted(c.id for c in plan.cells)
+    for d in cells:
+        assert (d / "DONE").is_file() and json.loads((d / "cell.json").read_text())["status"] == "done"
+        assert (d / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((res / "checkpoints").glob("*")) and not list((res / "running").glob("*"))
+
+    # The same cells undisturbed, one at a time in this process with the one torch thread a worker used.
+    import torch
+
+    straight_plan, threads = make_plan(p, results=tmp_path / "u"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for c in straight_plan.cells:
+            assert train_directly(straight_plan, c)["status"] == "done"
+    finally:
+        torch.set_num_threads(threads)
+    for c in plan.cells:
+        chaos, calm = numbers(res / "cells" / c.id), numbers(tmp_path / "u" / "chaos" / "cells" / c.id)
+        assert chaos[0] == calm[0] and chaos[1] == calm[1], c.label
+        pd.testing.assert_frame_equal(chaos[2], calm[2])
+    killed = Counter(cid for cid, _, _ in log)
+    assert len(resumed) >= 1  # kills after a checkpoint resumed from it
+    print(
+        f"chaos: 16 cells, {KILLS} worker kills ({len(killed)} cells hit, most {max(killed.values())} times; "
+        f"{len(resumed)} resumed from a checkpoint, {len(stale)} staging folders cleaned by the next run), "
+        f"{seconds:.0f} s; 16/16 identical to the undisturbed run"
+    )
