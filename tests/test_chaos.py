@@ -1,7 +1,8 @@
 """Chaos: a 16-cell matrix on a two-node `ray.cluster_utils` cluster while worker processes are SIGKILLed at
-random moments (seeded, bounded). Every cell must end done with exactly the numbers of an undisturbed run
-(CPU determinism; a killed cell resumes from its last checkpoint), nothing may be half-published, and the
-next run cleans what the killed workers were staging without touching a finished cell.
+random moments (seeded, bounded) and, halfway, one node is lost and replaced. Every cell must end done with
+exactly the numbers of an undisturbed run (CPU determinism; a killed cell resumes from its last checkpoint,
+on another node when its node is gone), nothing may be half-published, and the next run cleans what the
+killed workers were staging without touching a finished cell.
 
 Disk trouble (results full or read-only mid-run) is in test_storage.py.
 """
@@ -48,19 +49,35 @@ def heartbeats(res: Path) -> dict[str, dict]:
     return out
 
 
-def kill_workers(res: Path, rng: random.Random, done: threading.Event, log: list) -> None:
+def kill_workers(
+    res: Path, rng: random.Random, done: threading.Event, log: list, cluster, node: list, lost: dict
+) -> None:
     """SIGKILL the workers of KILLS cells, chosen by the seed among the first 12 to start (the order their
     heartbeats appear), each at a seeded moment: half within a random 0-1 s of starting (loading, setting up
     or early training), half once past a random step (mid-training, so the retry resumes from a checkpoint).
-    A chosen cell that finishes before its moment passes its kill on to the next cell to start."""
+    A chosen cell that finishes before its moment passes its kill on to the next cell to start. After half
+    the kills, the worker node (node[0], not the head) is removed while a cell trains on it past step 3, and
+    a fresh node takes its place."""
     moments = [("after", rng.uniform(0, 1.0)) if i % 2 else ("step", rng.randint(1, STEPS - 4)) for i in range(KILLS)]
     chosen = dict(zip(sorted(rng.sample(range(12), KILLS)), moments))
     started: list[str] = []
     due: dict[str, tuple[str, float]] = {}
     spare: list[tuple[str, float]] = []
-    while len(log) < KILLS and not done.wait(0.02):
+    while (len(log) < KILLS or not lost) and not done.wait(0.02):
         beats = heartbeats(res)
         now = time.monotonic()
+        if not lost and len(log) >= KILLS // 2:
+            on_node = [c for c, b in beats.items() if b.get("node_id") == node[0].node_id and 3 <= (b.get("step") or 0)]
+            if on_node:
+                cid = rng.choice(sorted(on_node))
+                cluster.remove_node(node[0], allow_graceful=False)
+                try:  # a lost machine takes its processes with it; on one host the worker could outlive its raylet
+                    os.kill(int(beats[cid]["pid"]), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                lost.update(cell=cid, node_id=node[0].node_id, step=beats[cid].get("step"))
+                node[0] = cluster.add_node(num_cpus=1)
+                continue
         for cid in sorted(set(beats) - set(started)):
             started.append(cid)
             moment = chosen.get(len(started) - 1) or (spare.pop(0) if spare else None)
@@ -106,10 +123,12 @@ def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_n
     res = plan.results.local_path()
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
+    node = [cluster.add_node(num_cpus=1)]
     cluster.wait_for_nodes()
-    done, log = threading.Event(), []
-    killer = threading.Thread(target=kill_workers, args=(res, random.Random(SEED), done, log), daemon=True)
+    done, log, lost = threading.Event(), [], {}
+    killer = threading.Thread(
+        target=kill_workers, args=(res, random.Random(SEED), done, log, cluster, node, lost), daemon=True
+    )
     t0 = time.monotonic()
     try:
         own_ray.init(address=cluster.address)
@@ -127,8 +146,10 @@ def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_n
         own_ray.shutdown()
         cluster.shutdown()
 
-    assert len(log) == KILLS, f"only {len(log)} kills happened; the test proves less than it claims"
+    assert len(log) == KILLS and lost, f"{len(log)} kills, node lost: {lost}; the test proves less than it claims"
     assert [o["status"] for o in out] == ["done"] * 16, [(o.get("label"), o.get("error")) for o in out]
+    moved = next(o for o in out if o["id"] == lost["cell"])  # its node is gone: retried on another, from a checkpoint
+    assert moved["node_id"] != lost["node_id"] and moved["resumed_from_step"] >= 2, (moved, lost)
     assert again == [] and len(finished) == 16
     assert {d.name: files(d) for d in (res / "cells").iterdir()} == finished  # untouched, byte for byte, no .tmp-*
     resumed = [o for o in out if o.get("resumed_from_step")]
@@ -158,7 +179,8 @@ def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_n
     killed = Counter(cid for cid, _, _ in log)
     assert len(resumed) >= 1  # kills after a checkpoint resumed from it
     print(
-        f"chaos: 16 cells, {KILLS} worker kills ({len(killed)} cells hit, most {max(killed.values())} times; "
+        f"chaos: 16 cells, {KILLS} worker kills and a lost node (its cell resumed at step "
+        f"{moved['resumed_from_step']} on another node) ({len(killed)} cells hit, most {max(killed.values())} times; "
         f"{len(resumed)} resumed from a checkpoint, {len(stale)} staging folders cleaned by the next run), "
         f"{seconds:.0f} s; 16/16 identical to the undisturbed run"
     )

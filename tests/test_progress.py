@@ -135,3 +135,21 @@ def test_fail_fast_is_a_number_or_off(tmp_path, value, expect):
         with pytest.raises(UserError) as e:
             load_matrix(p)
         assert "resources.fail_fast" in str(e.value) and expect in str(e.value) and "m.yaml:" in str(e.value)
+
+
+def test_terminal_view_redraws_a_table_of_running_cells(tmp_path):
+    store = Store(tmp_path / "r")
+    cells = [cell(i) for i in range(2)]
+    buf = io.StringIO()
+    view = RunView(Console(file=buf, width=120, force_terminal=True))
+    view.start()
+    prog = RunProgress(store, view.show, poll_s=0)
+    prog.add(cells, {})
+    beat(store, cells[0], 7, 20)
+    prog.tick()
+    view.print("  ✓ a finished cell's line")  # printed above the live area, kept
+    view.stop()
+    out = buf.getvalue()
+    assert "0/2 done, 1 running, 1 pending, 0 failed" in out and "a finished cell's line" in out
+    for text in (cells[0].label, "7/20", "0.6931", "+0.013", "1m05s"):
+        assert text in out, text

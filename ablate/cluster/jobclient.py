@@ -271,7 +271,7 @@ def starting_up(e: JobError) -> str | None:
 
 
 def retrying(call, wait_s: float, notice, what: str):
-    """call(); while it fails the way a starting cluster fails, try again with backoff (1, 2, 4 … 10 s)
+    """call(); while it fails the way a starting cluster fails, try again with backoff (1, 2, 4, 5, 5 … s)
     until `wait_s` has passed, saying once that it waits. Any other error, or the deadline, raises."""
     deadline = time.monotonic() + wait_s
     delay, said = 1.0, False
@@ -286,7 +286,7 @@ def retrying(call, wait_s: float, notice, what: str):
                 notice(f"waiting up to {wait_s:.0f} s for {what} ({why}; it may still be starting)…")
                 said = True
             time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 5.0)
 
 
 def check_job_id(job: str) -> str:

@@ -56,14 +56,15 @@ def submit(
 
     b = bundle(matrix, results)
     validate(matrix, b)
-    err, said = err or out, []
+    err = err or out
+    said: list[str] = []
 
     def notice(text: str) -> None:  # once per submission, whether it waits to connect or to submit
         if not said:
             err.print(text, markup=False, highlight=False, soft_wrap=True)
             said.append(text)
 
-    where = redact(resolve_address(address))
+    where, deadline = redact(resolve_address(address)), time.monotonic() + wait_s  # one deadline for both waits
     client = retrying(lambda: connect(address), wait_s, notice, f"the Ray cluster at {where}")
     with tempfile.TemporaryDirectory(prefix="ablate-job-") as wd:
         for rel, src in b.files.items():
@@ -82,7 +83,7 @@ def submit(
         env = runtime_env(b, wd)
         job = retrying(
             lambda: sdk_call(client, "submit_job", entrypoint=entrypoint(b), runtime_env=env, metadata=metadata),
-            wait_s,
+            max(0.0, deadline - time.monotonic()),
             notice,
             f"the Ray cluster at {where}",
         )
@@ -187,7 +188,7 @@ def show_status(job: str, address: str | None, out, err) -> str:
             why = f"no cells yet: the job is still setting up; they will appear in {results}"
         err.print(why, markup=False, highlight=False, soft_wrap=True)
         return status
-    snap = snapshot(results, list(zip(cells["cell_id"], cells["label"], cells["status"])))
+    snap = snapshot(results or "", list(zip(cells["cell_id"], cells["label"], cells["status"])))
     out.print(status_table(cells, snap, Text(f"results {results}")))
     out.print(summary_line(snap), highlight=False)
     return status

@@ -3,6 +3,10 @@
 Finished cells (DONE under their content-hashed id) are skipped, so a second run trains nothing and a
 re-run after failures trains only what is missing. One driver per results directory (lock.py). DPO's
 reference log-probs are one Ray task whose result every DPO cell takes as an argument.
+
+A run stops early on Ctrl-C / SIGTERM, on `resources.fail_fast` identical failures before any success, or
+when the results cannot be written; each way the unfinished cells are asked to stop (never force-killed,
+see _stop) and every finished cell stays as it is.
 """
 
 from __future__ import annotations
@@ -307,7 +311,7 @@ def _outcome(plan: Plan, cell, ref) -> dict:
             raise stop from None
         try:
             if storage.cell_status(plan.results, cell.id) == "done":  # it published, then its worker died
-                return {**storage.read_cell_json(plan.results, cell.id), "label": cell.label}
+                return {**(storage.read_cell_json(plan.results, cell.id) or {}), "label": cell.label}
             cause = getattr(e, "cause", None) or e
             out = {
                 "id": cell.id,

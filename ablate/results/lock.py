@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import IO
 import time
 import uuid
 
@@ -24,7 +25,7 @@ class ResultsLock:
         self.store = store
         self.token = uuid.uuid4().hex
         self.since = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._file = None
+        self._file: IO[str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False  # set when another driver took the lease over (this one was silent too long)

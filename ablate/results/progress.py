@@ -148,8 +148,9 @@ def snapshot(results: str | Store, cells: list[tuple[str, str, str]]) -> Snapsho
             running.append(from_heartbeat(cid, label, markers[cid], now))
     for cid, _, _ in [c for c in cells if c[2] == "done"][:RATE_SAMPLE]:
         info = read_cell_json(store, cid) or {}
-        if step_rate(info):
-            rates.append(step_rate(info))
+        rate = step_rate(info)
+        if rate:
+            rates.append(rate)
             totals.append(int(info["steps"]))
     return Snapshot(counts, running, eta_seconds(rates, running, counts["pending"], totals))
 
@@ -157,10 +158,12 @@ def snapshot(results: str | Store, cells: list[tuple[str, str, str]]) -> Snapsho
 class RunProgress:
     """The live state of a run: the runner calls `add` (each plan's cells; a later call grows the total),
     `finished` (each cell's outcome) and `tick` (about once a second); every snapshot goes to `view`.
-    Heartbeats are read at most every `poll_s` seconds (one listing of running/)."""
+    Heartbeats are read at most every `poll_s` seconds (one listing of running/ and a read per marker)."""
 
-    def __init__(self, results: str | Store, view: Callable[[Snapshot], None] | None = None, poll_s: float = 1.0):
-        self.store, self.view, self.poll_s = as_store(results), view, poll_s
+    def __init__(self, results: str | Store, view: Callable[[Snapshot], None] | None = None, poll_s: float | None = None):
+        self.store, self.view = as_store(results), view
+        # an object store is polled less often: each look is a listing and a request per running cell
+        self.poll_s = poll_s if poll_s is not None else 1.0 if self.store.local else 5.0
         self.labels: dict[str, str] = {}
         self.states: dict[str, str] = {}
         self.rates: list[float] = []

@@ -124,7 +124,7 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def upload_dir(self, local_dir: Path, rel: str, skip: set[str] = frozenset()) -> None:
+    def upload_dir(self, local_dir: Path, rel: str, skip: frozenset[str] | set[str] = frozenset()) -> None:
         for f in sorted(Path(local_dir).rglob("*")):
             if f.is_file() and f.name not in skip:
                 self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
@@ -172,7 +172,7 @@ def cell_status(results: str | Path | Store, cell_id: str) -> str:
 
 
 def _alive(marker: dict | None, now: float) -> bool:
-    return bool(marker) and now - float(marker.get("heartbeat", 0)) < STALE_AFTER_S
+    return marker is not None and now - float(marker.get("heartbeat", 0)) < STALE_AFTER_S
 
 
 def write_running(store: Store, cell_id: str, info: dict) -> None:
