@@ -120,6 +120,7 @@ def local_ray():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never the cluster another test (or engineer) started last on this machine
             num_cpus=2,
             resources={"slot": 1},
             include_dashboard=False,

@@ -49,54 +49,49 @@ def heartbeats(res: Path) -> dict[str, dict]:
     return out
 
 
-def kill_workers(
-    res: Path, rng: random.Random, done: threading.Event, log: list, cluster, node: list, lost: dict
-) -> None:
-    """SIGKILL the workers of KILLS cells, chosen by the seed among the first 12 to start (the order their
-    heartbeats appear), each at a seeded moment: half within a random 0-1 s of starting (loading, setting up
-    or early training), half once past a random step (mid-training, so the retry resumes from a checkpoint).
-    A chosen cell that finishes before its moment passes its kill on to the next cell to start. After half
-    the kills, the worker node (node[0], not the head) is removed while a cell trains on it past step 3, and
-    a fresh node takes its place."""
-    moments = [("after", rng.uniform(0, 1.0)) if i % 2 else ("step", rng.randint(1, STEPS - 4)) for i in range(KILLS)]
-    chosen = dict(zip(sorted(rng.sample(range(12), KILLS)), moments))
-    started: list[str] = []
-    due: dict[str, tuple[str, float]] = {}
-    spare: list[tuple[str, float]] = []
-    while (len(log) < KILLS or not lost) and not done.wait(0.02):
-        beats = heartbeats(res)
-        now = time.monotonic()
-        if not lost and len(log) >= KILLS // 2:
-            on_node = [c for c, b in beats.items() if b.get("node_id") == node[0].node_id and 3 <= (b.get("step") or 0)]
-            if on_node:
-                cid = rng.choice(sorted(on_node))
-                cluster.remove_node(node[0], allow_graceful=False)
-                try:  # a lost machine takes its processes with it; on one host the worker could outlive its raylet
-                    os.kill(int(beats[cid]["pid"]), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                lost.update(cell=cid, node_id=node[0].node_id, step=beats[cid].get("step"))
-                node[0] = cluster.add_node(num_cpus=1)
-                continue
-        for cid in sorted(set(beats) - set(started)):
-            started.append(cid)
-            moment = chosen.get(len(started) - 1) or (spare.pop(0) if spare else None)
-            if moment is not None:
-                due[cid] = ("after", now + moment[1]) if moment[0] == "after" else moment
-        for cid, (kind, at) in list(due.items()):
+def chaos(res: Path, rng: random.Random, done: threading.Event, cluster, node: list, log: list, lost: dict) -> None:
+    """The seeded schedule, each event on its own cell, cells taken in the order their heartbeats appear:
+    KILLS worker kills, alternately at a random 0-0.5 s after the cell started (loading, setting up, early
+    training) and at a random 0-0.3 s after its first checkpoint (mid-training: the retry resumes from it),
+    and halfway one node loss (node[0], never the head) while a cell with a checkpoint trains there, after
+    which a fresh node joins. An event whose cell finished first, or a node loss whose cell runs on the
+    head, passes to the next cell that starts. Events wait on files (heartbeat, checkpoint), not on timing."""
+    events = [("start" if i % 2 else "checkpoint", rng.uniform(0, 0.5 if i % 2 else 0.3)) for i in range(KILLS)]
+    events.insert(KILLS // 2, ("node", 0.0))
+    queue: list[tuple[str, float]] = list(events)
+    started: set[str] = set()
+    due: dict[str, tuple[str, float]] = {}  # cell -> (event, delay)
+    since: dict[str, float] = {}  # cell -> when its trigger (start / checkpoint) was first seen
+    while (queue or due) and not done.wait(0.02):
+        beats, now = heartbeats(res), time.monotonic()
+        for cid in sorted(set(beats) - started):
+            started.add(cid)
+            if queue:
+                due[cid] = queue.pop(0)
+        for cid, (event, delay) in sorted(due.items()):
             beat = beats.get(cid)
-            if beat is None:
-                if (res / "cells" / cid / "DONE").exists():  # finished first: the next cell takes this kill
-                    spare.append(("step", at) if kind == "step" else ("after", 0.0))
-                    del due[cid]
+            if (res / "cells" / cid / "DONE").exists():  # finished first: the next cell to start takes the event
+                queue.insert(0, due.pop(cid))
                 continue
-            if (now >= at) if kind == "after" else ((beat.get("step") or 0) >= at):
-                try:
-                    os.kill(int(beat["pid"]), signal.SIGKILL)
-                except (ProcessLookupError, KeyError, ValueError):
-                    continue  # between attempts: try again on the next look
-                log.append((cid, kind, beat.get("step")))
-                del due[cid]
+            triggered = beat is not None and (event == "start" or (res / "checkpoints" / f"{cid}.pt").exists())
+            if triggered:
+                since.setdefault(cid, now)
+            if not triggered or now - since[cid] < delay:
+                continue
+            if event == "node":
+                if beat.get("node_id") != node[0].node_id:  # on the head, which cannot be lost: the next cell
+                    queue.insert(0, due.pop(cid))
+                    continue
+                cluster.remove_node(node[0], allow_graceful=False)
+                lost.update(cell=cid, node_id=node[0].node_id, step=beat.get("step"))
+                node[0] = cluster.add_node(num_cpus=1)
+            try:  # a lost machine takes its processes with it; on one host the worker could outlive its raylet
+                os.kill(int(beat["pid"]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if event != "node":
+                log.append((cid, event, beat.get("step")))
+            del due[cid]
 
 
 def files(d: Path) -> dict[str, bytes]:
@@ -125,19 +120,26 @@ def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_n
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     node = [cluster.add_node(num_cpus=1)]
     cluster.wait_for_nodes()
-    done, log, lost = threading.Event(), [], {}
-    killer = threading.Thread(
-        target=kill_workers, args=(res, random.Random(SEED), done, log, cluster, node, lost), daemon=True
-    )
+    done, log, lost, run = threading.Event(), [], {}, {}
+
+    def train():  # the run in a thread: the chaos needs the main thread (Ray adds a node only from there)
+        try:
+            run["out"] = run_plan(plan, address=cluster.address)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            run["error"] = e
+        finally:
+            done.set()
+
     t0 = time.monotonic()
     try:
         own_ray.init(address=cluster.address)
         assert len([n for n in own_ray.nodes() if n["Alive"]]) == 2
-        killer.start()
-        out = run_plan(plan, address=cluster.address)
-        done.set()
-        killer.join(timeout=30)
-        seconds = time.monotonic() - t0
+        trainer = threading.Thread(target=train, daemon=True)
+        trainer.start()
+        chaos(res, random.Random(SEED), done, cluster, node, log, lost)
+        trainer.join(timeout=600)
+        assert "error" not in run and "out" in run, run
+        out, seconds = run["out"], time.monotonic() - t0
         stale = [d.name for d in (res / "cells").glob(".tmp-*")]  # what killed workers were staging
         finished = {d.name: files(d) for d in (res / "cells").glob("*/") if (d / "DONE").is_file()}
         again = run_plan(make_plan(p, results=tmp_path / "r"), address=cluster.address)  # nothing left to train
@@ -173,9 +175,9 @@ def test_sixteen_cells_on_two_nodes_survive_random_worker_kills_with_identical_n
     finally:
         torch.set_num_threads(threads)
     for c in plan.cells:
-        chaos, calm = numbers(res / "cells" / c.id), numbers(tmp_path / "u" / "chaos" / "cells" / c.id)
-        assert chaos[0] == calm[0] and chaos[1] == calm[1], c.label
-        pd.testing.assert_frame_equal(chaos[2], calm[2])
+        disturbed, calm = numbers(res / "cells" / c.id), numbers(tmp_path / "u" / "chaos" / "cells" / c.id)
+        assert disturbed[0] == calm[0] and disturbed[1] == calm[1], c.label
+        pd.testing.assert_frame_equal(disturbed[2], calm[2])
     killed = Counter(cid for cid, _, _ in log)
     assert len(resumed) >= 1  # kills after a checkpoint resumed from it
     print(

@@ -24,10 +24,20 @@ def run_cli(tmp_path, resources: dict):
 
 
 def test_unschedulable_requests_fail_fast_naming_the_field(tmp_path, local_ray):
-    # One request that no node can meet in four ways; the one message names every field at fault.
-    r, seconds = run_cli(
-        tmp_path, {"custom": {"big_gpu": 1}, "gpus_per_cell": 0.5, "accelerator_type": "H100", "memory_gb": 4096}
-    )
+    from ray.cluster_utils import Cluster
+
+    # Another Ray cluster on this machine (`ray start`, another test's): without --address ablate starts its own
+    # Ray and never joins that one. Ray's default would (the last cluster started here), which let runs land on
+    # other tests' nodes.
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"someone_elses": 1}})
+    try:
+        # One request that no node can meet in four ways; the one message names every field at fault.
+        r, seconds = run_cli(
+            tmp_path, {"custom": {"big_gpu": 1}, "gpus_per_cell": 0.5, "accelerator_type": "H100", "memory_gb": 4096}
+        )
+    finally:
+        other.shutdown()
+    assert "someone_elses" not in r.stderr and "CPU=2" in r.stderr, r.stderr
     assert r.returncode == 2, r.stderr
     assert "no node can ever run a cell" in r.stderr and "Traceback" not in r.stderr
     for field in (

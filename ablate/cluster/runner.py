@@ -75,8 +75,11 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
+        # address="local": a Ray of our own. With no address, ray.init joins the cluster last started on this
+        # machine (`ray start`, a test's cluster), which made runs land on someone else's nodes.
         # Dashboard off by default; when on, loopback only.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
