@@ -204,7 +204,7 @@ def finished(head, project):
     job = job_id(sub)
     # --follow streams the driver's log while the job runs and returns when it ends
     follow = ablate("logs", "--job", job, "--follow", "--address", head.url, timeout=300)
-    st = wait_for(head, job, lambda st: job_state(st) == "SUCCEEDED", timeout=10)
+    st = wait_for(head, job, lambda st: job_state(st) == "SUCCEEDED", timeout=60)
     return job, sub, st, follow, time.monotonic() - t0
 
 
@@ -250,7 +250,7 @@ def test_cancel_stops_the_job_and_keeps_finished_cells(head, tmp_path):
     m["decision"]["baseline"] = {"objective": "dpo", "epochs": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
     job = job_id(cli("submit", tmp_path / "c.yaml", "--address", head.url, "--results", tmp_path / "res"))
-    wait_for(head, job, lambda st: "1 done" in st.stdout, timeout=180)
+    wait_for(head, job, lambda st: "1 done" in st.stdout, timeout=300)
     out = cli("cancel", "--job", job, "--address", head.url)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"job {job}: STOPPED" in out.stdout and "kept" in out.stdout

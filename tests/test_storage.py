@@ -150,6 +150,7 @@ def _tree(d):
     return {str(f.relative_to(d)): f.read_bytes() for f in sorted(d.rglob("*")) if f.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trouble", ["full", "read-only"])
 def test_results_disk_full_or_read_only_mid_run_stops_cleanly_and_keeps_finished_cells(
     tmp_path, small_disk, local_ray, trouble
