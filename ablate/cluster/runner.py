@@ -162,7 +162,7 @@ class Progress(Protocol):
     def tick(self) -> object: ...
 
 
-STOP_GRACE_S = 10.0  # how long cancelled cells get to drop their staging folder and heartbeat
+STOP_GRACE_S = 10.0  # how long stopping cells get to drop their staging folder and heartbeat
 
 
 def run_plan(
@@ -182,6 +182,7 @@ def run_plan(
             for info in plan.results.listdir("running"):
                 plan.results.delete(f"running/{info.base_name}")
             storage.clean_staging(plan.results)
+            storage.clear_stop(plan.results)
             plan.write()
         except OSError as e:
             raise _unwritable(plan, e) from None
@@ -278,6 +279,8 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
                 )
             for ref in ready:
                 out = _outcome(plan, refs[ref], ref)
+                if out["status"] == "stopped":  # a STOP left by an earlier driver: the cell stays pending
+                    continue
                 finished.append(out)
                 if on_done:
                     on_done(out)
@@ -292,7 +295,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
             if progress is not None:
                 progress.tick()
     except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, fail fast, unwritable results, a lost lock
-        _stop([*pending, *references.values()])
+        _stop(plan, [*pending, *references.values()])
         for c in todo:  # cells that could not stop in time leave a marker; it must not read as running
             try:
                 storage.clear_running(plan.results, c.id)
@@ -346,21 +349,21 @@ def _fail_fast(plan: Plan, failed: list[dict], sig: tuple[str, str], left: int) 
     )
 
 
-def _stop(refs: list) -> None:
-    """Ask every unfinished task to stop and give them STOP_GRACE_S to do it. Ray's non-forced cancel raises
-    KeyboardInterrupt in a running cell, which drops its staging folder and heartbeat and ends; a queued
-    one never starts. Never force: force-cancelling a task in the moment it finishes aborts Ray's core
-    worker in this process ("Tried to complete task that was not pending"), a crash instead of exit 130.
-    A cell stuck in native code past the grace period dies with its job when the driver disconnects."""
+def _stop(plan: Plan, refs: list) -> None:
+    """Ask every unfinished cell to end (the STOP marker: a training cell ends after its current step and drops
+    its staging folder and heartbeat, a queued one returns as it starts) and give them STOP_GRACE_S to do it.
+    No ray.cancel, forced or not: cancelling a task in the moment it finishes or is dispatched aborts Ray's
+    core worker in this process ("Tried to complete task that was not pending"), a C++ stack trace and exit
+    1 instead of 130. A cell still busy after the grace period (e.g. loading a large model) dies with its
+    job when the driver shuts Ray down; the next run removes what it was staging."""
     import ray
 
     if not refs:
         return
-    for ref in refs:
-        try:
-            ray.cancel(ref, force=False)
-        except Exception:  # noqa: BLE001 - already finished, or Ray is going down: nothing left to stop
-            pass
+    try:
+        storage.request_stop(plan.results)
+    except OSError:
+        pass  # unwritable results: the cells fail at their next write and end as quickly
     ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S)
 
 

@@ -7,6 +7,7 @@ cell looking finished.
     running/<cell id>.json   a heartbeat while a worker trains the cell
     checkpoints/<cell id>.pt mid-cell checkpoint, removed once the cell is published
     refcache/<key>.pt        DPO reference log-probs shared by every cell with the same model and data
+    STOP                     written by a driver that is stopping its run: cells end early, unpublished
 
 <results> is a local path or a URI (s3://…, gs://…, file://…); credentials come from the environment.
 Locally a cell is built in a temporary sibling directory and renamed into place with DONE inside; on
@@ -181,6 +182,19 @@ def write_running(store: Store, cell_id: str, info: dict) -> None:
 
 def clear_running(store: Store, cell_id: str) -> None:
     store.delete(f"running/{cell_id}.json")
+
+
+STOP = "STOP"
+
+
+def request_stop(store: Store) -> None:
+    """Ask this run's cells to end: a training cell stops after its current step (dropping its staging
+    folder), a queued one returns as soon as it starts. The next run removes the marker under its lock."""
+    store.write_text(STOP, "")
+
+
+def clear_stop(store: Store) -> None:
+    store.delete(STOP)
 
 
 # -- publishing a cell -------------------------------------------------------------------------
