@@ -113,7 +113,7 @@ def local_ray():
     """The suite's one in-process Ray for tests that call run_plan here: started on first use and kept, so its
     workers keep torch and transformers imported from one test to the next (seconds per test on 2 cores).
     A test that needs a cluster of its own shuts it down first (`own_ray`); the next user starts it again.
-    Fault hooks (ABLATE_TEST_*) reach its workers through the tasks' runtime_env (runner._test_hooks)."""
+    Fault hooks (ABLATE_TEST_*) reach its workers as task arguments (runner._test_hooks)."""
     import logging
 
     import ray

@@ -5,8 +5,8 @@ re-run after failures trains only what is missing. One driver per results direct
 reference log-probs are one Ray task whose result every DPO cell takes as an argument.
 
 A run stops early on Ctrl-C / SIGTERM, on `resources.fail_fast` identical failures before any success, or
-when the results cannot be written; each way the unfinished cells are asked to stop (never force-killed,
-see _stop) and every finished cell stays as it is.
+when the results cannot be written; each way the unfinished cells are asked to stop through the results
+(never through ray.cancel, see _stop) and every finished cell stays as it is.
 """
 
 from __future__ import annotations
@@ -40,11 +40,21 @@ def _quiet_torch(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None):
+def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None, hooks=None):
     _quiet_torch(runtime.threads)
     from ..worker.cell import run_cell
 
-    return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
+    # Fault hooks for the tests (ABLATE_TEST_*), set for this one cell: a worker serves many tasks.
+    saved = {k: os.environ.get(k) for k in hooks or {}}
+    os.environ.update(hooks or {})
+    try:
+        return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def _reference_task(results, cell, model_spec, train_rows, heldout_rows, runtime: Runtime):
@@ -227,11 +237,10 @@ def failure_signature(out: dict) -> tuple[str, str]:
     return str(out.get("error_type") or ""), " ".join(msg.split())
 
 
-def _test_hooks() -> dict:
-    """ABLATE_TEST_* fault hooks set for this driver travel with the tasks, so they reach workers of a Ray that
-    was started before they were set (a shared cluster, the test suite's one Ray). Empty in normal use."""
-    hooks = {k: v for k, v in os.environ.items() if k.startswith("ABLATE_TEST_")}
-    return {"runtime_env": {"env_vars": hooks}} if hooks else {}
+def _test_hooks() -> dict | None:
+    """ABLATE_TEST_* fault hooks set for this driver travel with each cell task, so they reach workers that were
+    started before they were set (the test suite's one Ray, a shared cluster). None in normal use."""
+    return {k: v for k, v in os.environ.items() if k.startswith("ABLATE_TEST_")} or None
 
 
 def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, progress=None) -> list[dict]:
@@ -241,10 +250,11 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
     res = plan.spec.resources
     on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
     check_schedulable(res, float(os.environ.get("ABLATE_NODE_WAIT_S", 30)) if on_cluster else 0.0)
-    opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False, **_test_hooks())
+    opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
     task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
     model_spec, runtime, results = plan.spec.model, runtime_for(plan.spec), plan.results.uri
+    hooks = _test_hooks()
 
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
     for c in todo:
@@ -261,7 +271,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
         shared = (
             references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
         )
-        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared)] = c
+        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared, hooks)] = c
     finished: list[dict] = []
     pending = list(refs)
     failures: Counter = Counter()  # failure signature -> cells that failed so
