@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from .errors import UserError
 
@@ -70,12 +72,12 @@ def _user_errors() -> Iterator[None]:
 
 
 def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from .cluster.replication import run_matrix
-    from .cluster.runner import shutdown
+    from .cluster.runner import RunStopped, shutdown
     from .handoff.trackers import Trackers
+    from .live import RunView
     from .matrix.plan import make_plan
+    from .results.progress import RunProgress
     from .verdict.report import build_report, print_report
 
     t0 = time.perf_counter()
@@ -92,65 +94,58 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
         f"[bold]{plan.spec.name}[/bold]: {len(plan.cells)} cells, {n_done} already done → results in {plan.results}"
     )
     failed = []
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    )
-    task = None
+    view = RunView(console)
+    # One progress for the whole command: replication's second round (more seeds) grows its total.
+    progress = RunProgress(plan.results, view.show)
 
     def on_start(n):
-        nonlocal task
-        if n and task is not None:  # a second round: adaptive replication added cells
-            progress.update(task, total=progress.tasks[0].total + n)
-        elif n:
+        if n:
             console.print(
                 f"{verb}: training {n} cell(s) on Ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})…"
             )
-            progress.start()
-            task = progress.add_task("cells", total=n)
+            view.start()
 
     def on_done(out):
         acc = out.get("heldout_accuracy")
         if out["status"] == "done":
-            progress.console.print(
+            view.print(
                 f"  [green]✓[/green] {out['label']:<28} held-out acc {acc:.3f}  ({out['train_seconds']:.1f}s training)"
             )
         else:
             failed.append(out)
-            progress.console.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
-        progress.advance(task)
+            view.print(f"  [red]✗[/red] {out['label']:<28} {out.get('error_type')}: {out.get('error')}")
         tracking.log_cell(out)  # report_to: read back from the results store; never fails the cell
 
     def on_replicate(added, why):
-        progress.console.print(
-            f"  replication: training {len(added)} more cell(s): {why}", markup=False, highlight=False
-        )
+        view.print(f"  replication: training {len(added)} more cell(s): {escape(why)}")
 
+    again = (
+        "submit the matrix again (`ablate submit`)"
+        if os.environ.get("ABLATE_CLIENT_PYTHON")
+        else f"run `ablate resume {matrix}`"
+    )
     try:
-        run_matrix(plan, address=address, on_start=on_start, on_done=on_done, on_replicate=on_replicate)
-    except UserError as e:  # the results are locked by another run, or no node can run a cell
-        progress.stop()
-        shutdown()
+        run_matrix(plan, address, on_start, on_done, on_replicate=on_replicate, progress=progress)
+    except RunStopped as e:  # the same failure kept repeating, or the results cannot be written
+        view.stop()
         tracking.close(ok=False)
+        err.print(Text.assemble(("error: ", "bold red"), str(e)), highlight=False, soft_wrap=True)
+        err.print(f"Finished cells are kept; {again} to train the rest.", markup=False, highlight=False)
+        shutdown()
+        raise typer.Exit(1) from None
+    except UserError as e:  # the results are locked by another run, or no node can run a cell
+        view.stop()
+        tracking.close(ok=False)
+        shutdown()
         _fail(e)
     except KeyboardInterrupt:
-        progress.stop()
+        view.stop()
         tracking.close(ok=False)
-        again = (
-            "submit the matrix again (`ablate submit`)"
-            if os.environ.get("ABLATE_CLIENT_PYTHON")
-            else f"run `ablate resume {matrix}`"
-        )
         err.print(f"[yellow]Interrupted: finished cells are kept; {again} to train the rest.[/yellow]")
         shutdown()
         raise typer.Exit(130) from None
     finally:
-        progress.stop()
+        view.stop()
     shutdown()
     rep = build_report(plan.results)
     tracking.log_decision(rep)
@@ -161,17 +156,12 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     console.print(
         f"\nTables: {r}/cells.parquet, {r}/pairs.parquet; report: {r}/report.md  ({time.perf_counter() - t0:.0f}s)"
     )
-    if rep.judge_error:  # the cells are done; the verdicts are missing, and that is never skipped silently
-        from rich.markup import escape
-
-        err.print(f"[red]The judge failed:[/red] {escape(rep.judge_error)}. `ablate resume {matrix}` judges again.")
     if failed:
         err.print(
             f"[red]{len(failed)} cell(s) failed:[/red] "
             + ", ".join(f["label"] for f in failed)
             + f". Stack traces: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them."
         )
-    if failed or rep.judge_error:
         raise typer.Exit(1)
 
 
@@ -244,10 +234,11 @@ def status(
     ),
     address: Optional[str] = JOB_ADDRESS,
 ) -> None:
-    """Show each cell's state (pending / running / failed / done) and headline numbers."""
-    from rich.table import Table
-
+    """Show each cell's state (pending / running / failed / done), a running cell's step, loss, margin and
+    elapsed time, headline numbers, and the matrix's ETA."""
+    from .live import status_table, summary_line
     from .results.collect import collect
+    from .results.progress import snapshot
 
     if job is not None:  # a submitted Ray Job: its state, and its cells when the results are readable here
         from .cluster import jobs
@@ -259,35 +250,13 @@ def status(
         _fail(UserError(["status: give a results directory or a matrix file, or --job ID --address URL"]))
 
     try:
-        cells, _ = collect(_results_dir(target, results), write=False)
+        where = _results_dir(target, results)
+        cells, _ = collect(where, write=False)
     except UserError as e:
         _fail(e)
-    table = Table(title=str(target), title_justify="left")
-    for c in ("cell id", "cell", "status", "held-out acc", "train s", "error"):
-        table.add_column(c)
-    color = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
-    for r in cells.to_dict("records"):
-        acc = (
-            ""
-            if r["heldout_accuracy"] is None or r["heldout_accuracy"] != r["heldout_accuracy"]
-            else f"{r['heldout_accuracy']:.3f}"
-        )
-        secs = (
-            ""
-            if r["train_seconds"] is None or r["train_seconds"] != r["train_seconds"]
-            else f"{r['train_seconds']:.1f}"
-        )
-        table.add_row(
-            r["cell_id"],
-            r["label"],
-            f"[{color[r['status']]}]{r['status']}[/]",
-            acc,
-            secs,
-            f"{r['error_type']}: {r['error']}" if r["status"] == "failed" else "",
-        )
-    console.print(table)
-    counts = cells["status"].value_counts().to_dict()
-    console.print(", ".join(f"{v} {k}" for k, v in counts.items()))
+    snap = snapshot(where, list(zip(cells["cell_id"], cells["label"], cells["status"])))
+    console.print(status_table(cells, snap, str(target)))
+    console.print(summary_line(snap), highlight=False)
 
 
 @app.command()
@@ -346,12 +315,15 @@ def submit(
         help="Results root as the cluster sees it: an absolute path every node can write, or a URI "
         "(s3://…, gs://…). Default: the matrix's `storage`.",
     ),
+    wait: str = typer.Option(
+        "60s", "--wait", help="How long to retry a cluster that is still starting (e.g. 60s, 2m; 0: do not wait)."
+    ),
 ) -> None:
     """Validate MATRIX here, then submit it as a Ray Job (code, matrix and local data shipped); print the job id."""
     from .cluster import jobs
 
     with _user_errors():
-        jobs.submit(matrix, address, results, console)
+        jobs.submit(matrix, address, results, console, wait_s=jobs.parse_wait(wait), err=err)
 
 
 @app.command()

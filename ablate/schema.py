@@ -324,6 +324,9 @@ class ResourceSpec(Strict):
     custom: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/-]{1,128}$")], PosFloat] = {}
     max_retries: int = Field(2, ge=0, le=100, description="Ray retries of a cell whose worker or node was lost")
     max_oom_retries: int = Field(2, ge=0, le=10, description="halve the micro-batch this many times on OOM")
+    # Stop the run when this many cells failed with the same error before any succeeded (a broken setup);
+    # `off` (YAML reads it as false) runs every cell regardless. Read by the runner; not part of a cell id.
+    fail_fast: int | None = Field(2, ge=1, le=1_000_000, description="identical failures that stop a run, or off")
 
     @field_validator("gpus_per_cell")
     @classmethod
@@ -332,6 +335,17 @@ class ResourceSpec(Strict):
             raise ValueError(
                 f"gpus_per_cell {v}: a cell trains on one GPU; allowed: 0 (CPU), a fraction such "
                 "as 0.5 (cells share a GPU) or 1"
+            )
+        return v
+
+    @field_validator("fail_fast", mode="before")
+    @classmethod
+    def _fail_fast_off(cls, v: Any) -> Any:
+        if v is False or (isinstance(v, str) and v.strip().lower() == "off"):
+            return None
+        if v is None or v is True or isinstance(v, str):
+            raise ValueError(
+                f"{v!r}: allowed: a whole number of identical cell failures that stops the run (e.g. 2) or off"
             )
         return v
 

@@ -102,3 +102,41 @@ def train_directly(plan, cell, results=None, **runtime) -> dict:
         str(results if results is not None else plan.results),
         rt,
     )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a minute or more on 2 cores (chaos, node loss); `-m 'not slow'` for a quick loop, CI runs all"
+    )
+
+
+@pytest.fixture
+def local_ray():
+    """The suite's one in-process Ray for tests that call run_plan here: started on first use and kept, so its
+    workers keep torch and transformers imported from one test to the next (seconds per test on 2 cores).
+    A test that needs a cluster of its own shuts it down first (`own_ray`); the next user starts it again.
+    Fault hooks (ABLATE_TEST_*) reach its workers as task arguments (runner._test_hooks)."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",  # never the cluster another test (or engineer) started last on this machine
+            num_cpus=2,
+            resources={"slot": 1},
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+    yield ray
+
+
+@pytest.fixture
+def own_ray():
+    """For a test that starts its own cluster (ray.cluster_utils): no in-process Ray before or after it."""
+    import ray
+
+    ray.shutdown()
+    yield ray
+    ray.shutdown()

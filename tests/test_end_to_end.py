@@ -150,16 +150,27 @@ def test_bad_matrix_fails_fast_without_touching_results(finished):
     assert sorted(p.name for p in (tmp / "res" / "t" / "cells").iterdir()) == before
 
 
-def test_failing_cells_are_recorded_and_the_run_exits_nonzero(tmp_path):
-    m = small_matrix()
-    m["name"] = "broken"
-    m["matrix"].update(objective=["dpo"], seed=[0, 1])  # bad LoRA targets are now refused before Ray (issue 15)
+def test_identical_failures_stop_the_run_and_are_reported_once(tmp_path):
+    # A broken setup: every cell fails the same way (here a fault hook at step 1, as bad data would). The run
+    # stops after resources.fail_fast (default 2) identical failures instead of failing all six one by one.
+    m = small_matrix(name="broken")
+    m["matrix"] = {"objective": ["simpo"], "lora_rank": [4, 8, 16], "seed": [0, 1]}
+    m["decision"]["baseline"] = {"objective": "simpo", "lora_rank": 4}
+    m["resources"] = {"cpus_per_cell": 2}  # one cell at a time, as on a busy cluster
     (tmp_path / "m.yaml").write_text(json.dumps(m))
-    out = ablate("run", "m.yaml", "--results", "res", cwd=tmp_path, ABLATE_TEST_RAISE_AT="dpo@1")
-    assert out.returncode == 1 and "2 cell(s) failed" in out.stderr
-    cells = pd.read_parquet(tmp_path / "res" / "broken" / "cells.parquet")
-    assert (cells["status"] == "failed").all() and cells["error_type"].notna().all()
-    for cid in cells["cell_id"]:
+    out = ablate("run", "m.yaml", "--results", "res", cwd=tmp_path, ABLATE_TEST_RAISE_AT="simpo@1")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cells failed with the same error before any cell succeeded" in out.stderr, out.stderr
+    assert out.stderr.count("ValueError: simulated bad batch at step 1") == 1, out.stderr  # the error, once
+    assert "resources.fail_fast: 2" in out.stderr and "ablate resume m.yaml" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr and "report.md" not in out.stdout
+    from ablate.results.storage import cell_states
+
+    states = cell_states(tmp_path / "res" / "broken")
+    failed = [c for c, s in states.items() if s == "failed"]
+    assert 2 <= len(failed) <= 3 and sorted(set(states.values())) == ["failed"], states  # only recorded cells
+    assert len(list((tmp_path / "res" / "broken" / "cells").iterdir())) == len(failed)  # the rest never started
+    for cid in failed:
         assert "Traceback" in (tmp_path / "res" / "broken" / "cells" / cid / "error.txt").read_text()
 
 

@@ -46,12 +46,12 @@ def base_env(**extra) -> dict:
 class Head:
     """A private single-node Ray cluster with its dashboard on loopback."""
 
-    def __init__(self, auth_env: dict):
+    def __init__(self, auth_env: dict, dashboard_port: int | None = None, wait: bool = True):
         self.tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Unix socket paths are limited
-        ports = iter(free_port() for _ in range(10))
+        ports = iter([*([dashboard_port] if dashboard_port else []), *(free_port() for _ in range(10))])
         opts = {
-            "--port": 0,
             "--dashboard-port": 0,
+            "--port": 0,
             "--ray-client-server-port": 0,
             "--dashboard-agent-listen-port": 0,
             "--dashboard-agent-grpc-port": 0,
@@ -85,8 +85,13 @@ class Head:
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tmp, start_new_session=True
         )
-        headers = {"Authorization": f"Bearer {auth_env['RAY_AUTH_TOKEN']}"} if "RAY_AUTH_TOKEN" in auth_env else {}
-        deadline = time.monotonic() + 120
+        self.headers = {"Authorization": f"Bearer {auth_env['RAY_AUTH_TOKEN']}"} if "RAY_AUTH_TOKEN" in auth_env else {}
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        headers = self.headers
+        deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, (Path(self.tmp) / "head.log").read_text()[-3000:]
             try:  # ready when the dashboard answers and the job agent lists jobs
@@ -200,7 +205,7 @@ def finished(head, project):
     job = job_id(sub)
     # --follow streams the driver's log while the job runs and returns when it ends
     follow = ablate("logs", "--job", job, "--follow", "--address", head.url, timeout=300)
-    st = wait_for(head, job, lambda st: job_state(st) == "SUCCEEDED", timeout=10)
+    st = wait_for(head, job, lambda st: job_state(st) == "SUCCEEDED", timeout=60)
     return job, sub, st, follow, time.monotonic() - t0
 
 
@@ -212,7 +217,9 @@ def test_submit_ships_matrix_and_data_and_the_job_trains_every_cell(head, projec
     info = head.client().get_job_info(job)
     assert info.metadata["ablate_results"] == str(res) and info.metadata["ablate_matrix"] == "shipped"
     # The entrypoint is fixed and quoted; code and files travel as uploaded packages, not local paths.
-    assert info.entrypoint == f"python -m ablate run 'mat rices/m.yaml' --results {project / 'res'}"
+    assert info.entrypoint == (
+        f"python -m ablate.cluster.envcheck && python -m ablate run 'mat rices/m.yaml' --results {project / 'res'}"
+    )
     assert info.runtime_env["working_dir"].startswith("gcs://")
     assert all(p.startswith("gcs://") for p in info.runtime_env["py_modules"])
     assert info.runtime_env["env_vars"]["ABLATE_CLIENT_PYTHON"] == f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -226,6 +233,9 @@ def test_logs_print_the_driver_output(head, finished):
     job, follow = finished[0], finished[3]
     assert follow.returncode == 0, follow.stderr
     assert "Running entrypoint" in follow.stdout and "held-out acc" in follow.stdout and "report.md" in follow.stdout
+    # The driver is not on a terminal: its progress is plain lines, no spinner frames or cursor movement.
+    assert "progress: 0/2 done, 0 running, 2 pending, 0 failed" in follow.stdout
+    assert not re.search("[\r\u2800-\u28ff]", follow.stdout) and "\x1b[2K" not in follow.stdout
     for args in ((), ("--follow",)):  # follow on a finished job streams the whole log and returns
         out = cli("logs", "--job", job, "--address", head.url, *args)
         assert out.returncode == 0, out.stderr
@@ -241,7 +251,7 @@ def test_cancel_stops_the_job_and_keeps_finished_cells(head, tmp_path):
     m["decision"]["baseline"] = {"objective": "dpo", "epochs": 1}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
     job = job_id(cli("submit", tmp_path / "c.yaml", "--address", head.url, "--results", tmp_path / "res"))
-    wait_for(head, job, lambda st: "1 done" in st.stdout, timeout=180)
+    wait_for(head, job, lambda st: "1 done" in st.stdout, timeout=300)
     out = cli("cancel", "--job", job, "--address", head.url)
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"job {job}: STOPPED" in out.stdout and "kept" in out.stdout
@@ -282,7 +292,8 @@ def test_user_errors_are_one_line(head, tmp_path):
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump(small_matrix()))
     dead = f"http://127.0.0.1:{free_port()}"
     cases = [
-        (("submit", tmp_path / "ok.yaml", "--address", dead, "--results", "/tmp/x"), "cannot connect"),
+        (("submit", tmp_path / "ok.yaml", "--address", dead, "--results", "/tmp/x", "--wait", "0"), "cannot connect"),
+        (("submit", tmp_path / "ok.yaml", "--address", head.url, "--wait", "soon"), "--wait: 'soon' is not a duration"),
         (("status", "--job", "raysubmit_nope", "--address", dead), "cannot connect"),
         (("status", "--job", "raysubmit_nope", "--address", head.url), "no job 'raysubmit_nope'"),
         (("logs", "--job", "raysubmit_nope", "--address", head.url), "no job"),
@@ -302,9 +313,16 @@ def test_user_errors_are_one_line(head, tmp_path):
     out = cli("status", "--job", "raysubmit_nope", "--address", head.url, RAY_ADDRESS=dead)  # --address wins
     assert out.returncode == 2 and "no job" in out.stderr
     # a submission through the real entry point, from the matrix's folder, is refused just the same
-    out = ablate("submit", "ok.yaml", "--address", dead, "--results", "/tmp/x", cwd=tmp_path)
+    out = ablate("submit", "ok.yaml", "--address", dead, "--results", "/tmp/x", "--wait", "0", cwd=tmp_path)
     assert out.returncode == 2 and "cannot connect" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
+    # A cluster that refuses connections may still be starting: submit retries for --wait, saying so once.
+    t0 = time.monotonic()
+    out = cli("submit", tmp_path / "ok.yaml", "--address", dead, "--results", "/tmp/x", "--wait", "4s")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 2 and time.monotonic() - t0 >= 3, out.stderr
+    assert lines[0].startswith("waiting up to 4 s for the Ray cluster at") and "connection refused" in lines[0]
+    assert "cannot connect" in lines[1]
 
 
 def test_ray_version_comparison():
@@ -328,35 +346,121 @@ def test_python_version_check_inside_the_job(monkeypatch, capsys):
     assert "Python version mismatch" in err and "3.7" in err and f"{sys.version_info.minor}" in err
 
 
-def test_token_auth_is_used_and_never_shown(tmp_path):
+def test_submit_waits_for_a_starting_cluster_and_token_auth_is_used_and_never_shown(tmp_path):
     token = secrets.token_hex(32)
-    h = Head({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    m = tiny("authed")
+    m["matrix"]["objective"] = ["dpo"]
+    m["decision"]["baseline"] = {"objective": "dpo"}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(m))
+    args = ("submit", tmp_path / "a.yaml", "--address", url, "--results", tmp_path / "res")
+    good = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+    # Submitted before the head runs (as right after `ray start`): it says once that it waits, then submits.
+    early = subprocess.Popen(
+        [sys.executable, "-m", "ablate", *map(str, args), "--wait", "240s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=good,
+    )
+    h = None
     try:
-        m = tiny("authed")
-        m["matrix"]["objective"] = ["dpo"]
-        m["decision"]["baseline"] = {"objective": "dpo"}
-        (tmp_path / "a.yaml").write_text(yaml.safe_dump(m))
-        args = ("submit", tmp_path / "a.yaml", "--address", h.url, "--results", tmp_path / "res")
+        first = early.stderr.readline()  # the event: it found nobody there and is waiting
+        assert first.startswith(f"waiting up to 240 s for the Ray cluster at {url}") and "refused" in first, first
+        h = Head({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, dashboard_port=port)
+        out, rest = early.communicate(timeout=300)
+        assert early.returncode == 0 and rest.strip() == "", rest
+        outs = [subprocess.CompletedProcess(args, 0, out, first + rest)]
+        job = job_id(outs[0])
+
         # Ray reads the auth mode and token once per process (and an in-process ray.init elsewhere in the suite
         # would have set them), so every case runs the real command line in a fresh process.
-        outs = [ablate(*args), ablate(*args, env=base_env(**{**NO_AUTH, "RAY_AUTH_TOKEN": token}))]
+        outs += [ablate(*args), ablate(*args, env=base_env(**{**NO_AUTH, "RAY_AUTH_TOKEN": token}))]
         outs.append(ablate(*args, env=base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))))
-        for out, msg in zip(outs, ("requires token authentication", "RAY_AUTH_MODE=token", "rejected")):
-            assert out.returncode == 2 and msg in out.stderr, out.stderr
+        for out, msg in zip(outs[1:], ("requires token authentication", "RAY_AUTH_MODE=token", "rejected")):
+            assert out.returncode == 2 and msg in out.stderr, out.stderr  # not retried: waiting cannot fix it
             assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
-        good = base_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-        out = ablate(*args, env=good)
-        outs.append(out)
-        job = job_id(out)
-        out = ablate("cancel", "--job", job, "--address", h.url, env=good)
+        out = ablate("cancel", "--job", job, "--address", url, env=good)
         outs.append(out)
         assert out.returncode == 0 and f"job {job}" in out.stdout, out.stdout + out.stderr
         for out in outs:
             assert token not in out.stdout + out.stderr and "Bearer" not in out.stdout + out.stderr
-        info = requests.get(f"{h.url}/api/jobs/{job}", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+        info = requests.get(f"{url}/api/jobs/{job}", headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
         assert token not in json.dumps(info)  # not in the job's runtime env or metadata either
     finally:
-        h.stop()
+        early.kill()
+        if h is not None:
+            h.stop()
+
+
+def test_submit_retries_only_what_a_starting_cluster_answers():
+    from ablate.cluster.jobclient import JobError, parse_wait, retrying
+
+    calls = []
+
+    def busy_twice():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise JobError(
+                "the Ray dashboard at http://h:8265 refused submit_job: Request failed with status code 503: "
+                "No available agent to submit job, please try again later."
+            )
+        return "raysubmit_1"
+
+    said = []
+    assert retrying(busy_twice, 30, said.append, "the Ray cluster at http://h:8265") == "raysubmit_1"
+    assert len(said) == 1 and "job agent is not ready" in said[0]
+    assert calls[2] - calls[0] >= 2.9  # backoff: 1 s, then 2 s
+
+    def refused_auth():
+        raise JobError("the Ray cluster at http://h:8265 requires token authentication and no token was sent")
+
+    with pytest.raises(JobError, match="requires token"):
+        retrying(refused_auth, 30, said.append, "x")
+    assert len(said) == 1  # an error that waiting cannot fix is raised at once
+    assert [parse_wait(w) for w in ("60s", "2m", "1m30s", "0", "15", None)] == [60, 120, 90, 0, 15, 60]
+
+
+def test_the_environment_check_lists_every_dependency():
+    import tomllib
+
+    from ablate.cluster.envcheck import REQUIRED, problems
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {pip.split("[")[0] for _, pip in REQUIRED} == {re.split(r"[<>=\[ ;]", d)[0].lower() for d in deps}
+    assert problems() == []  # this interpreter can run ablate
+
+
+def test_a_cluster_python_without_ablates_dependencies_fails_in_one_line(head, tmp_path):
+    from ablate.cluster.jobs import META_MATRIX, META_RESULTS, bundle, entrypoint, runtime_env
+
+    # A `python` with nothing installed first on the PATH of the job, as on a head started from a virtual
+    # environment that is not on its PATH.
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=120)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(tiny("bare")))
+    b = bundle(tmp_path / "m.yaml", str(tmp_path / "res"))
+    with tempfile.TemporaryDirectory(prefix="ablate-job-") as wd:
+        shutil.copyfile(tmp_path / "m.yaml", Path(wd) / b.matrix_rel)
+        env = runtime_env(b, wd)  # exactly what `ablate submit` sends, plus the PATH
+        env["env_vars"]["PATH"] = f"{bare / 'bin'}{os.pathsep}{head.env['PATH']}"
+        job = head.client().submit_job(
+            entrypoint=entrypoint(b), runtime_env=env, metadata={META_RESULTS: b.results, META_MATRIX: b.spec.name}
+        )
+    deadline = time.monotonic() + 240
+    while str(head.client().get_job_status(job)) not in ("FAILED", "SUCCEEDED", "STOPPED"):
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(1)
+    st = cli("status", "--job", job, "--address", head.url)
+    assert job_state(st) == "FAILED", st.stdout
+    line = st.stdout.splitlines()[1].strip()  # right under the job's state
+    assert line.startswith(f"ablate: the cluster's python, {bare / 'bin' / 'python'}"), st.stdout
+    for needed in ("lacks ablate's dependencies", "typer", "torch", "transformers", "ray start", "docker/README.md"):
+        assert needed in line, (needed, line)
+    logs = cli("logs", "--job", job, "--address", head.url).stdout
+    assert line in logs and "Traceback" not in logs and "ModuleNotFoundError" not in logs
 
 
 def test_bundle_layout_quoting_and_cluster_only_sources(project, tmp_path):
@@ -377,6 +481,10 @@ def test_bundle_layout_quoting_and_cluster_only_sources(project, tmp_path):
     evil.write_text(yaml.safe_dump(small_matrix()))
     b = bundle(evil, "/r o/o't")
     assert shlex.split(entrypoint(b)) == [
+        "python",
+        "-m",
+        "ablate.cluster.envcheck",
+        "&&",
         "python",
         "-m",
         "ablate",

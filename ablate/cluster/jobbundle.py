@@ -160,10 +160,10 @@ def validate(matrix: str | Path, b: Bundle) -> None:
 
 
 def entrypoint(b: Bundle) -> str:
-    """The job's fixed command; every user-derived piece is shell-quoted."""
-    return " ".join(
-        ["python", "-m", "ablate", "run", shlex.quote(b.matrix_rel), "--results", shlex.quote(b.results_root)]
-    )
+    """The job's fixed command; every user-derived piece is shell-quoted. Its first step checks that the
+    cluster's `python` can run ablate and says in one line what is missing (ablate/cluster/envcheck.py)."""
+    run = ["python", "-m", "ablate", "run", shlex.quote(b.matrix_rel), "--results", shlex.quote(b.results_root)]
+    return "python -m ablate.cluster.envcheck && " + " ".join(run)
 
 
 def runtime_env(b: Bundle, working_dir: str) -> dict[str, Any]:

@@ -15,15 +15,17 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import UserError
+from .envcheck import ENV_PYTHON
 
 CONNECT_TIMEOUT_S = 10.0
-ENV_PYTHON, ENV_RAY, ENV_ABLATE = "ABLATE_CLIENT_PYTHON", "ABLATE_CLIENT_RAY", "ABLATE_CLIENT_VERSION"
+ENV_RAY, ENV_ABLATE = "ABLATE_CLIENT_RAY", "ABLATE_CLIENT_VERSION"
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -59,19 +61,13 @@ def check_ray_versions(local: str, cluster: str, where: str = "the cluster") -> 
 def check_client_versions() -> None:
     """Run first by `ablate run` inside a job: stop with a clear message if this node's Python (or Ray)
     major.minor differs from the machine that submitted the job. No-op outside a submitted job."""
-    want_py = os.environ.get(ENV_PYTHON)
-    if not want_py:
+    from .envcheck import problems as env_problems
+
+    if not os.environ.get(ENV_PYTHON):
         return
-    have_py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    problems = []
-    if _major_minor(want_py) != _major_minor(have_py):
-        problems.append(
-            f"Python version mismatch: the job was submitted from Python {want_py}, but this cluster "
-            f"runs Python {have_py} ({sys.executable}). Submit from Python {have_py}, or run the cluster "
-            f"on Python {want_py}, so driver and workers agree"
-        )
+    problems = env_problems()  # the job's entrypoint ran this check already; `ablate run` alone did not
     want_ray = os.environ.get(ENV_RAY)
-    if want_ray:
+    if want_ray and not problems:
         import ray
 
         p = check_ray_versions(want_ray, ray.__version__, "this cluster")
@@ -245,6 +241,52 @@ def sdk_call(client, method: str, *args, **kwargs):
                 f"no job {job!r} on the Ray cluster at {where} (list them with `ray job list --address {where}`)"
             ) from None
         raise JobError(f"the Ray dashboard at {where} refused {method}: {text[:300]}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting for a cluster that is still starting
+
+SUBMIT_WAIT_S = 60.0
+_BUSY = ("No available agent", "please try again later")  # the job agent is not up yet (right after `ray start`)
+
+
+def parse_wait(text: str | float | None) -> float:
+    """--wait: seconds, or a duration such as 60s, 2m, 1m30s; 0 does not wait."""
+    if text is None:
+        return SUBMIT_WAIT_S
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*", str(text))
+    if not m or not (m.group(1) or m.group(2)) or float(m.group(1) or 0) * 60 + float(m.group(2) or 0) > 86_400:
+        raise JobError(f"--wait: {text!r} is not a duration; e.g. 60s, 2m, 1m30s, or 0 (do not wait); at most 24h")
+    return float(m.group(1) or 0) * 60 + float(m.group(2) or 0)
+
+
+def starting_up(e: JobError) -> str | None:
+    """Why an error may pass by itself while the head starts (connection refused, no job agent yet), or None."""
+    text = str(e)
+    if "cannot connect to the Ray dashboard" in text:
+        return "connection refused"
+    if any(b in text for b in _BUSY):
+        return "its job agent is not ready"
+    return None
+
+
+def retrying(call, wait_s: float, notice, what: str):
+    """call(); while it fails the way a starting cluster fails, try again with backoff (1, 2, 4, 5, 5 … s)
+    until `wait_s` has passed, saying once that it waits. Any other error, or the deadline, raises."""
+    deadline = time.monotonic() + wait_s
+    delay, said = 1.0, False
+    while True:
+        try:
+            return call()
+        except JobError as e:
+            why = starting_up(e)
+            if why is None or time.monotonic() + delay > deadline:
+                raise
+            if not said:
+                notice(f"waiting up to {wait_s:.0f} s for {what} ({why}; it may still be starting)…")
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def check_job_id(job: str) -> str:

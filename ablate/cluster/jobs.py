@@ -29,12 +29,17 @@ from .jobbundle import (
     validate,
 )
 from .jobclient import (
+    SUBMIT_WAIT_S,
     JobError,
     auth_message,
+    check_client_versions,  # noqa: F401
     check_job_id,
     check_ray_versions,  # noqa: F401
     connect,
+    parse_wait,  # noqa: F401 - the CLI's --wait
     redact,
+    resolve_address,
+    retrying,
     sdk_call,
 )
 
@@ -42,13 +47,25 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 META_RESULTS, META_MATRIX = "ablate_results", "ablate_matrix"
 
 
-def submit(matrix: str | Path, address: str | None, results: str | None, out) -> str:
-    """Validate MATRIX here, submit it as a Ray Job, print the job id and return it."""
+def submit(
+    matrix: str | Path, address: str | None, results: str | None, out, wait_s: float = SUBMIT_WAIT_S, err=None
+) -> str:
+    """Validate MATRIX here, submit it as a Ray Job, print the job id and return it. A cluster that is still
+    starting (connection refused, no job agent yet) gets `wait_s` seconds, with one line saying so."""
     from .. import __version__
 
     b = bundle(matrix, results)
     validate(matrix, b)
-    client = connect(address)
+    err = err or out
+    said: list[str] = []
+
+    def notice(text: str) -> None:  # once per submission, whether it waits to connect or to submit
+        if not said:
+            err.print(text, markup=False, highlight=False, soft_wrap=True)
+            said.append(text)
+
+    where, deadline = redact(resolve_address(address)), time.monotonic() + wait_s  # one deadline for both waits
+    client = retrying(lambda: connect(address), wait_s, notice, f"the Ray cluster at {where}")
     with tempfile.TemporaryDirectory(prefix="ablate-job-") as wd:
         for rel, src in b.files.items():
             dst = Path(wd) / rel
@@ -63,10 +80,13 @@ def submit(matrix: str | Path, address: str | None, results: str | None, out) ->
             "ablate_version": __version__,
             "ablate_matrix_file": b.matrix_rel,
         }
-        job = sdk_call(
-            client, "submit_job", entrypoint=entrypoint(b), runtime_env=runtime_env(b, wd), metadata=metadata
+        env = runtime_env(b, wd)
+        job = retrying(
+            lambda: sdk_call(client, "submit_job", entrypoint=entrypoint(b), runtime_env=env, metadata=metadata),
+            max(0.0, deadline - time.monotonic()),
+            notice,
+            f"the Ray cluster at {where}",
         )
-    where = redact(client._ablate_address)
     out.print(f"Submitted job {job}", markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"  matrix {b.spec.name} ({b.matrix_rel}, {human_size(b.bytes)} shipped) → results {b.results}",
@@ -129,9 +149,19 @@ def job_cells(info) -> tuple[str | None, Any, str | None]:
     return results, cells, None
 
 
+def failure_line(message: str | None) -> str | None:
+    """The line to show for a FAILED job: ablate's own one-line reason (`ablate: …`, e.g. the environment
+    check's) when the driver log has one, else the first line of Ray's message."""
+    lines = [ln.strip() for ln in (message or "").strip().splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith("ablate: ") or ln.startswith("error: ")]
+    return ours[-1] if ours else (lines[0] if lines else None)
+
+
 def show_status(job: str, address: str | None, out, err) -> str:
-    from rich.table import Table
     from rich.text import Text
+
+    from ..live import status_table, summary_line
+    from ..results.progress import snapshot
 
     client = connect(address, check_version=False)
     info = _info(client, job)
@@ -145,8 +175,7 @@ def show_status(job: str, address: str | None, out, err) -> str:
         soft_wrap=True,
     )
     if status == "FAILED" and info.message:
-        first = info.message.strip().splitlines()[0]
-        out.print(f"  {first}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"  {failure_line(info.message)}", markup=False, highlight=False, soft_wrap=True)
         out.print(
             f"  full driver log: ablate logs --job {job} --address {redact(client._ablate_address)}",
             markup=False,
@@ -159,23 +188,9 @@ def show_status(job: str, address: str | None, out, err) -> str:
             why = f"no cells yet: the job is still setting up; they will appear in {results}"
         err.print(why, markup=False, highlight=False, soft_wrap=True)
         return status
-    table = Table(title=Text(f"results {results}"), title_justify="left")
-    for c in ("cell id", "cell", "status", "held-out acc", "error"):
-        table.add_column(c)
-    colors = {"done": "green", "failed": "red", "pending": "yellow", "running": "cyan"}
-    for r in cells.to_dict("records"):
-        acc = r.get("heldout_accuracy")
-        acc = "" if acc is None or acc != acc else f"{acc:.3f}"
-        st = r["status"]
-        table.add_row(
-            Text(r["cell_id"]),
-            Text(r["label"]),
-            Text(st, style=colors.get(st, "white")),
-            acc,
-            Text(f"{r.get('error_type')}: {r.get('error')}" if st == "failed" else ""),
-        )
-    out.print(table)
-    out.print(", ".join(f"{v} {k}" for k, v in cells["status"].value_counts().to_dict().items()), highlight=False)
+    snap = snapshot(results or "", list(zip(cells["cell_id"], cells["label"], cells["status"])))
+    out.print(status_table(cells, snap, Text(f"results {results}")))
+    out.print(summary_line(snap), highlight=False)
     return status
 
 

@@ -3,14 +3,21 @@
 Finished cells (DONE under their content-hashed id) are skipped, so a second run trains nothing and a
 re-run after failures trains only what is missing. One driver per results directory (lock.py). DPO's
 reference log-probs are one Ray task whose result every DPO cell takes as an argument.
+
+A run stops early on Ctrl-C / SIGTERM, on `resources.fail_fast` identical failures before any success, or
+when the results cannot be written; each way the unfinished cells are asked to stop through the results
+(never through ray.cancel, see _stop) and every finished cell stays as it is.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
 from .. import objectives
 from ..config import Runtime
@@ -33,11 +40,21 @@ def _quiet_torch(threads: int) -> None:
     torch.set_num_threads(max(1, threads))
 
 
-def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None):
+def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None, hooks=None):
     _quiet_torch(runtime.threads)
     from ..worker.cell import run_cell
 
-    return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
+    # Fault hooks for the tests (ABLATE_TEST_*), set for this one cell: a worker serves many tasks.
+    saved = {k: os.environ.get(k) for k in hooks or {}}
+    os.environ.update(hooks or {})
+    try:
+        return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def _reference_task(results, cell, model_spec, train_rows, heldout_rows, runtime: Runtime):
@@ -68,8 +85,11 @@ def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool =
     if address:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     else:
+        # address="local": a Ray of our own. With no address, ray.init joins the cluster last started on this
+        # machine (`ray start`, a test's cluster), which made runs land on someone else's nodes.
         # Dashboard off by default; when on, loopback only.
         ray.init(
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
@@ -133,30 +153,97 @@ def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
     )
 
 
+class RunStopped(UserError):
+    """The run stopped itself before every cell ran: the same failure kept repeating (resources.fail_fast),
+    or the results cannot be written. Finished cells are kept; the CLI adds how to resume and exits 1."""
+
+    one_line = True
+
+    def __init__(self, problems: list[str] | str):
+        super().__init__(problems, code=1)
+
+
+class Progress(Protocol):
+    """What the runner tells a live view (ablate/results/progress.py RunProgress): the cells of each plan it
+    runs (a later call may add more), each finished cell, and a tick about once a second."""
+
+    def add(self, cells: list, states: dict[str, str]) -> None: ...
+    def finished(self, out: dict) -> None: ...
+    def tick(self) -> object: ...
+
+
+STOP_GRACE_S = 10.0  # how long stopping cells get to drop their staging folder and heartbeat
+
+
 def run_plan(
     plan: Plan,
     address: str | None = None,
     on_start: Callable[[int], None] | None = None,
     on_done: Callback | None = None,
     num_cpus: int | None = None,
+    progress: Progress | None = None,
 ) -> list[dict]:
-    """Train every cell not yet done; return the cell.json of each cell run now."""
+    """Train every cell not yet done; return the cell.json of each cell run now. Call it again with more
+    cells (a plan with added seeds) and the same `progress` to grow the live view's total."""
     with ResultsLock(plan.results) as lock:
-        # Under the lock no other driver is training here, so a running/ marker is left over from a killed run.
-        for info in plan.results.listdir("running"):
-            plan.results.delete(f"running/{info.base_name}")
-        plan.write()
+        try:
+            # Under the lock no other driver is training here, so a running/ marker and a cells/.tmp-* staging
+            # folder are left over from a killed run.
+            for info in plan.results.listdir("running"):
+                plan.results.delete(f"running/{info.base_name}")
+            storage.clean_staging(plan.results)
+            storage.clear_stop(plan.results)
+            plan.write()
+        except OSError as e:
+            raise _unwritable(plan, e) from None
         status = plan.status()
         todo = [c for c in plan.cells if status[c.id] != "done"]
         if on_start:
             on_start(len(todo))
+        if progress is not None:
+            progress.add(plan.cells, status)
         if not todo:
             return []
         with _sigterm_as_interrupt():
-            return _run_cells(plan, todo, address, on_done, num_cpus, lock)
+            return _run_cells(plan, todo, address, on_done, num_cpus, lock, progress)
 
 
-def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) -> list[dict]:
+def _unwritable(plan: Plan, e: BaseException) -> BaseException:
+    """A RunStopped naming why the results cannot be written, or `e` itself when it is another error."""
+    reason = storage.unwritable(plan.results, e)
+    if reason is None:
+        return e
+    return RunStopped(
+        [
+            f"cannot write the results at {plan.results.uri}: {reason}. The run stopped; free space or make the "
+            "results writable"
+        ]
+    )
+
+
+_MASKS = [
+    (re.compile(r"\S*[/\\]\S*"), "<path>"),  # file paths and URLs
+    (re.compile(r"\b[0-9a-f]{8,}\b"), "<n>"),  # cell, task and node ids, even without a digit
+    (re.compile(r"\w*\d\w*"), "<n>"),  # numbers, and words with digits in them (0x7f3a, ids, ports)
+]
+
+
+def failure_signature(out: dict) -> tuple[str, str]:
+    """A failure's type and first message line with numbers, paths and ids masked: two cells that failed
+    "the same way" (step 2 vs step 3, one cell's folder vs another's) get the same signature."""
+    msg = str(out.get("error") or "")
+    for pattern, repl in _MASKS:
+        msg = pattern.sub(repl, msg)
+    return str(out.get("error_type") or ""), " ".join(msg.split())
+
+
+def _test_hooks() -> dict | None:
+    """ABLATE_TEST_* fault hooks set for this driver travel with each cell task, so they reach workers that were
+    started before they were set (the test suite's one Ray, a shared cluster). None in normal use."""
+    return {k: v for k, v in os.environ.items() if k.startswith("ABLATE_TEST_")} or None
+
+
+def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, progress=None) -> list[dict]:
     import ray
 
     init_ray(address, num_cpus)
@@ -167,6 +254,7 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
     task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
     model_spec, runtime, results = plan.spec.model, runtime_for(plan.spec), plan.results.uri
+    hooks = _test_hooks()
 
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
     for c in todo:
@@ -183,12 +271,15 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
         shared = (
             references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
         )
-        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared)] = c
+        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared, hooks)] = c
     finished: list[dict] = []
     pending = [*refs, *references.values()]
+    failures: Counter = Counter()  # failure signature -> cells that failed so
+    succeeded = False  # once a cell of this run is done the setup works: a later failure is the cell's own
     try:
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=HEARTBEAT_S)
+            # A short wait when a live view is watching: it reads the heartbeats about once a second.
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0 if progress is not None else HEARTBEAT_S)
             if lock.lost:
                 raise UserError(
                     [
@@ -199,40 +290,93 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock) 
             for ref in ready:
                 if ref not in refs:  # a reference task: its cells get it directly; a failure fails them, not this
                     continue
-                cell = refs[ref]
-                try:
-                    out = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a lost worker after its retries, or a failed reference
-                    if storage.cell_status(plan.results, cell.id) == "done":  # it published, then its worker died
-                        out = {**storage.read_cell_json(plan.results, cell.id), "label": cell.label}
-                        finished.append(out)
-                        if on_done:
-                            on_done(out)
-                        continue
-                    cause = getattr(e, "cause", None) or e
-                    out = {
-                        "id": cell.id,
-                        "params": cell.params,
-                        "config": cell.config.to_json(),
-                        "status": "failed",
-                        "error_type": type(cause).__name__,
-                        "error": (str(cause).splitlines() or [""])[0],
-                    }
-                    storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
-                    storage.clear_running(plan.results, cell.id)  # its worker died before clearing it
-                out["label"] = cell.label
+                out = _outcome(plan, refs[ref], ref)
+                if out["status"] == "stopped":  # a STOP left by an earlier driver: the cell stays pending
+                    continue
                 finished.append(out)
                 if on_done:
                     on_done(out)
-    except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, or the results lock was lost
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        # Let the cancellations settle before the driver shuts Ray down (Ray can abort on a half-cancelled task).
-        ray.wait(pending, num_returns=len(pending), timeout=10)
-        for c in todo:  # the killed workers could not clear their own heartbeats
-            storage.clear_running(plan.results, c.id)
+                if progress is not None:
+                    progress.finished(out)
+                succeeded = succeeded or out["status"] == "done"
+                if out["status"] == "failed" and not succeeded and res.fail_fast:
+                    sig = failure_signature(out)
+                    failures[sig] += 1
+                    if failures[sig] >= res.fail_fast and pending:
+                        raise _fail_fast(plan, [o for o in finished if o["status"] == "failed"], sig, len(pending))
+            if progress is not None:
+                progress.tick()
+    except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, fail fast, unwritable results, a lost lock
+        _stop(plan, pending)
+        for c in todo:  # cells that could not stop in time leave a marker; it must not read as running
+            try:
+                storage.clear_running(plan.results, c.id)
+            except OSError:
+                pass  # read-only results: the markers go stale by themselves
         raise
     return finished
+
+
+def _outcome(plan: Plan, cell, ref) -> dict:
+    """The cell.json a finished task returned, or the failure record of a task that raised or lost its worker."""
+    import ray
+
+    try:
+        out = ray.get(ref)
+    except Exception as e:  # noqa: BLE001 - a lost worker after its retries, unwritable results, a failed reference
+        stop = _unwritable(plan, e)
+        if stop is not e:
+            raise stop from None
+        try:
+            if storage.cell_status(plan.results, cell.id) == "done":  # it published, then its worker died
+                return {**(storage.read_cell_json(plan.results, cell.id) or {}), "label": cell.label}
+            cause = getattr(e, "cause", None) or e
+            out = {
+                "id": cell.id,
+                "params": cell.params,
+                "config": cell.config.to_json(),
+                "status": "failed",
+                "error_type": type(cause).__name__,
+                "error": (str(cause).splitlines() or [""])[0],
+            }
+            storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
+            storage.clear_running(plan.results, cell.id)  # its worker died before clearing it
+        except OSError as oe:
+            raise _unwritable(plan, oe) from None
+    out["label"] = cell.label
+    return out
+
+
+def _fail_fast(plan: Plan, failed: list[dict], sig: tuple[str, str], left: int) -> RunStopped:
+    same = [o for o in failed if failure_signature(o) == sig]
+    first = same[0]
+    return RunStopped(
+        [
+            f"{len(same)} cells failed with the same error before any cell succeeded, so the run stopped "
+            f"({left} cell(s) not finished; resources.fail_fast: {plan.spec.resources.fail_fast}, `off` runs "
+            "every cell regardless):",
+            f"  {first.get('error_type')}: {first.get('error')}",
+            f"  cells: {', '.join(o['label'] for o in same)}; stack traces in {plan.results.uri}/cells/<id>/error.txt",
+        ]
+    )
+
+
+def _stop(plan: Plan, refs: list) -> None:
+    """Ask every unfinished cell to end (the STOP marker: a training cell ends after its current step and drops
+    its staging folder and heartbeat, a queued one returns as it starts) and give them STOP_GRACE_S to do it.
+    No ray.cancel, forced or not: cancelling a task in the moment it finishes or is dispatched aborts Ray's
+    core worker in this process ("Tried to complete task that was not pending"), a C++ stack trace and exit
+    1 instead of 130. A cell still busy after the grace period (e.g. loading a large model) dies with its
+    job when the driver shuts Ray down; the next run removes what it was staging."""
+    import ray
+
+    if not refs:
+        return
+    try:
+        storage.request_stop(plan.results)
+    except OSError:
+        pass  # unwritable results: the cells fail at their next write and end as quickly
+    ray.wait(refs, num_returns=len(refs), timeout=STOP_GRACE_S)
 
 
 class _sigterm_as_interrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import IO
 import time
 import uuid
 
@@ -24,22 +25,27 @@ class ResultsLock:
         self.store = store
         self.token = uuid.uuid4().hex
         self.since = time.strftime("%Y-%m-%d %H:%M:%S")
-        self._file = None
+        self._file: IO[str] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost = False  # set when another driver took the lease over (this one was silent too long)
 
     def _info(self) -> dict:
-        return {**host_info(), "token": self.token, "since": self.since,
-                "heartbeat": time.time()}
+        return {**host_info(), "token": self.token, "since": self.since, "heartbeat": time.time()}
 
     def _busy(self, holder: dict | None) -> UserError:
-        who = f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}" if holder else "another process"
-        return UserError([
-            f"{self.store.uri} is in use by another ablate run ({who}). Two runs on one results directory "
-            "would train the same cells twice; wait for it to finish, or stop it (Ctrl-C, or `ablate cancel` "
-            "for a submitted job), then run `ablate resume`."
-        ])
+        who = (
+            f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+            if holder
+            else "another process"
+        )
+        return UserError(
+            [
+                f"{self.store.uri} is in use by another ablate run ({who}). Two runs on one results directory "
+                "would train the same cells twice; wait for it to finish, or stop it (Ctrl-C, or `ablate cancel` "
+                "for a submitted job), then run `ablate resume`."
+            ]
+        )
 
     def acquire(self) -> ResultsLock:
         if self.store.local:
@@ -47,21 +53,22 @@ class ResultsLock:
 
             path = self.store.local_path(LOCK)
             path.parent.mkdir(parents=True, exist_ok=True)
-            f = open(path, "a+")
+            path.touch(exist_ok=True)
+            # The flock is held through a read-only descriptor and the holder is written with a short write:
+            # no file of the results stays open for writing during the run, so a disk that fails or fills
+            # can still be remounted read-only under it (and the run then stops cleanly).
+            f = open(path)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                f.seek(0)
                 try:
                     holder = json.loads(f.read() or "null")
                 except json.JSONDecodeError:
                     holder = None
                 f.close()
                 raise self._busy(holder) from None
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(self._info()))
-            f.flush()
+            with open(path, "w") as w:
+                w.write(json.dumps(self._info()))
             self._file = f
             return self
         holder = self.store.read_json(LOCK)

@@ -7,6 +7,7 @@ cell looking finished.
     running/<cell id>.json   a heartbeat while a worker trains the cell
     checkpoints/<cell id>.pt mid-cell checkpoint, removed once the cell is published
     refcache/<key>.pt        DPO reference log-probs shared by every cell with the same model and data
+    STOP                     written by a driver that is stopping its run: cells end early, unpublished
 
 <results> is a local path or a URI (s3://…, gs://…, file://…); credentials come from the environment.
 Locally a cell is built in a temporary sibling directory and renamed into place with DONE inside; on
@@ -16,6 +17,7 @@ when DONE exists, and DONE is never written before everything else.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -32,8 +34,8 @@ from ..errors import UserError
 
 DONE = "DONE"
 UNTRAINED = "untrained.parquet"  # the base model's per-pair held-out log-probs (written with the reference pass)
-HEARTBEAT_S = 10.0      # how often a training worker refreshes its running/ marker
-STALE_AFTER_S = 60.0    # a marker older than this belongs to a worker that is gone
+HEARTBEAT_S = 10.0  # how often a training worker refreshes its running/ marker
+STALE_AFTER_S = 60.0  # a marker older than this belongs to a worker that is gone
 
 
 def is_uri(location: str | Path) -> bool:
@@ -124,10 +126,11 @@ class Store:
         except FileNotFoundError:
             pass
 
-    def upload_dir(self, local_dir: Path, rel: str, skip: set[str] = frozenset()) -> None:
+    def upload_dir(self, local_dir: Path, rel: str, skip: frozenset[str] | set[str] = frozenset()) -> None:
         for f in sorted(Path(local_dir).rglob("*")):
             if f.is_file() and f.name not in skip:
                 self.write_bytes(f"{rel}/{f.relative_to(local_dir).as_posix()}", f.read_bytes())
+
 
 def as_store(results: str | Path | Store) -> Store:
     return results if isinstance(results, Store) else Store(results)
@@ -139,13 +142,14 @@ def dump_json(obj: Any) -> str:
 
 # -- cell states -------------------------------------------------------------------------------
 
+
 def cell_states(results: str | Path | Store, ids: list[str] | None = None) -> dict[str, str]:
     """pending / running / done / failed for each cell, from one listing of cells/ and running/."""
     store = as_store(results)
     root = store.path("cells") + "/"
     files: dict[str, set[str]] = {}
     for info in store.listdir("cells", recursive=True):
-        rel = info.path[len(root):] if info.path.startswith(root) else info.path
+        rel = info.path[len(root) :] if info.path.startswith(root) else info.path
         cid, _, name = rel.partition("/")
         if name in (DONE, "error.txt"):
             files.setdefault(cid, set()).add(name)
@@ -170,7 +174,7 @@ def cell_status(results: str | Path | Store, cell_id: str) -> str:
 
 
 def _alive(marker: dict | None, now: float) -> bool:
-    return bool(marker) and now - float(marker.get("heartbeat", 0)) < STALE_AFTER_S
+    return marker is not None and now - float(marker.get("heartbeat", 0)) < STALE_AFTER_S
 
 
 def write_running(store: Store, cell_id: str, info: dict) -> None:
@@ -181,12 +185,26 @@ def clear_running(store: Store, cell_id: str) -> None:
     store.delete(f"running/{cell_id}.json")
 
 
+STOP = "STOP"
+
+
+def request_stop(store: Store) -> None:
+    """Ask this run's cells to end: a training cell stops after its current step (dropping its staging
+    folder), a queued one returns as soon as it starts. The next run removes the marker under its lock."""
+    store.write_text(STOP, "")
+
+
+def clear_stop(store: Store) -> None:
+    store.delete(STOP)
+
+
 # -- publishing a cell -------------------------------------------------------------------------
+
 
 def new_cell_staging(store: Store, cell_id: str) -> Path:
     """Where a worker writes a cell before publishing: beside the cell locally, so a rename publishes it."""
     if store.local:
-        d = store.local_path("cells") / f".tmp-{cell_id}-{uuid.uuid4().hex[:8]}"
+        d = store.local_path("cells") / f"{STAGING_PREFIX}{cell_id}-{uuid.uuid4().hex[:8]}"
         d.mkdir(parents=True)
         return d
     import tempfile
@@ -214,6 +232,54 @@ def _publish(store: Store, cell_id: str, staging: Path, done: bool) -> bool:
             store.write_bytes(f"{rel}/{DONE}", b"")
         shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+STAGING_PREFIX = ".tmp-"
+
+
+def clean_staging(store: Store) -> list[str]:
+    """Remove the staging folders (cells/.tmp-*) an interrupted run left behind; return their names.
+    Call only while holding the results lock with no cell running: a staging folder then belongs to a
+    worker that is gone. A finished cell never has the prefix, so it is never touched."""
+    if not store.local:
+        return []  # on an object store a cell is staged in the worker's temporary directory, not here
+    gone = []
+    for d in store.local_path("cells").glob(f"{STAGING_PREFIX}*"):
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d.name)
+    return gone
+
+
+class ResultsUnwritable(Exception):
+    """The results store (or a cell's staging folder) cannot be written: full, read-only, no permission.
+    Raised by a worker instead of recording a failure it could not write either; the driver stops the run."""
+
+
+# Write errors that say the storage refuses, whatever is written: full, over quota, mounted read-only.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def unwritable(store: Store, exc: BaseException) -> str | None:
+    """One line saying why the results cannot be written, if `exc` (or what caused it) is such an error.
+    Permission errors count only for paths under the results (a model folder without permission is a
+    different problem)."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "cause", None) is not None:  # a Ray task error: what the task raised
+            e = e.cause  # type: ignore[attr-defined]
+            continue
+        if isinstance(e, ResultsUnwritable):
+            return str(e)
+        if isinstance(e, OSError) and e.errno is not None:
+            name = str(e.filename or "")
+            ours = store.local and (name.startswith(store.root + "/") or name == store.root)
+            if e.errno in _STORAGE_ERRNOS or (e.errno in (errno.EACCES, errno.EPERM) and ours):
+                return f"{os.strerror(e.errno)}" + (f" ({name})" if name else "")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def publish_cell(store: Store, cell_id: str, staging: Path) -> bool:
@@ -272,8 +338,10 @@ def check_results_dir(results: str | Path) -> list[str]:
             if not p.is_dir():
                 return [f"storage: {p} is a file, not a directory; choose another results path"]
             if not os.access(p, os.W_OK) or not _can_create(p):
-                return [f"storage: {p} is not writable; choose a results directory you can write to "
-                        "(--results DIR or storage: in the matrix)"]
+                return [
+                    f"storage: {p} is not writable; choose a results directory you can write to "
+                    "(--results DIR or storage: in the matrix)"
+                ]
             break
     return []
 

@@ -92,20 +92,35 @@ def write_untrained(store: Store, held: dict) -> None:
     store.write_bytes(UNTRAINED, buf.getvalue())
 
 
+class StopRequested(BaseException):
+    """The driver is stopping the run (results/STOP): end this cell now, unpublished. A BaseException, like
+    KeyboardInterrupt, so that no `except Exception` records it as the cell's failure."""
+
+
 class Heartbeat:
-    """Keeps running/<cell id>.json fresh so `ablate status` can tell a training cell from a dead one.
-    Progress is written at most once a second, and the marker at least every HEARTBEAT_S."""
+    """Keeps running/<cell id>.json fresh so `ablate status` can tell a training cell from a dead one, and
+    watches for the driver's STOP marker. Progress is written at most once a second, the marker at least
+    every HEARTBEAT_S; STOP is looked for every second (every 5 s on an object store: one request each)."""
 
     def __init__(self, store: Store, cell_id: str, info: dict):
         self.store, self.cell_id, self.info = store, cell_id, dict(info)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"heartbeat-{cell_id}")
         self._written, self._changed = 0.0, False
+        self.stop_requested, self._looked, self._look_every = False, 0.0, 1.0 if store.local else 5.0
 
     def start(self) -> Heartbeat:
         self._write()
+        self._look_for_stop()
         self._thread.start()
         return self
+
+    def _look_for_stop(self) -> None:
+        self._looked = time.time()
+        try:
+            self.stop_requested = self.stop_requested or self.store.exists(storage.STOP)
+        except OSError:
+            pass  # a transient store error; the next look retries
 
     def progress(self, step: int, total: int, last: dict | None = None) -> None:
         """Step, total steps, and the last logged training loss and margin (for `ablate status`)."""
@@ -127,6 +142,8 @@ class Heartbeat:
         while not self._stop.wait(1.0):
             if self._changed or time.time() - self._written >= storage.HEARTBEAT_S:
                 self._write()
+            if time.time() - self._looked >= self._look_every:
+                self._look_for_stop()
 
     def stop(self) -> None:
         self._stop.set()
@@ -162,6 +179,8 @@ class _Hooks:
         if state.step < total_steps and not state.stopped_early and self.checkpoint.due(state.step):
             self.checkpoint.save(recipe, state)
         self.beat.progress(state.step, total_steps, state.train_log[-1] if state.train_log else None)
+        if self.beat.stop_requested:
+            raise StopRequested
         self.faults.after_step(state.step, recipe.cell.objective, self.resumed)
 
 
@@ -246,6 +265,8 @@ def run_cell(
             raise
 
     try:
+        if beat.stop_requested:  # queued before the driver stopped the run: end before loading anything
+            raise StopRequested
         try:
             result, micro, ooms = halving_on_oom(attempt, t.batch_size // t.grad_accum, runtime.max_oom_retries)
         except OutOfMemory as e:
@@ -261,6 +282,8 @@ def run_cell(
             storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
             return cell_json
         except Exception as e:  # noqa: BLE001 - every failure is recorded with its traceback
+            if storage.unwritable(store, e):
+                raise  # the store refuses writes: the failure could not be recorded either (below)
             cell_json.update(
                 status="failed", error_type=type(e).__name__, error=str(e).splitlines()[0] if str(e) else ""
             )
@@ -272,6 +295,13 @@ def run_cell(
         if not storage.publish_cell(store, cell_id, staging):  # another attempt finished first: report theirs
             return storage.read_cell_json(store, cell_id) or cell_json
         return cell_json
+    except StopRequested:  # its staging folder is gone already (attempt); the cell stays pending
+        return {"id": cell_id, "status": "stopped"}
+    except Exception as e:
+        reason = storage.unwritable(store, e)
+        if reason:  # full, read-only: nothing about this cell can be written; the driver stops the run
+            raise storage.ResultsUnwritable(reason) from None
+        raise
     finally:
         beat.stop()
 
