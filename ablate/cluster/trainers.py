@@ -79,7 +79,7 @@ class Trainer:
             finally:
                 bases.free_memory()
 
-    def reference(self, results, cell, model_spec, rows: dict, runtime: Runtime) -> dict:
+    def reference(self, results, cell, model_spec, rows: dict, runtime: Runtime) -> tuple[str, dict]:
         quiet_torch(runtime.threads)
         from ..worker import bases
         from ..worker.cell import shared_reference

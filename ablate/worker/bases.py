@@ -134,7 +134,7 @@ class Loan:
 
     def __init__(self, kept: _Kept):
         self.kept = kept
-        self.saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def before_merge(self, peft_model) -> None:
         """Save the weights merge_and_unload will change (each LoRA layer's base weight), on the CPU."""
@@ -142,7 +142,7 @@ class Loan:
 
         for m in peft_model.modules():
             if isinstance(m, LoraLayer):
-                w = m.get_base_layer().weight  # the base's own Parameter, back in place after the unload
+                w: Any = m.get_base_layer().weight  # the base's own Parameter, back in place after the unload
                 self.saved.append((w, w.detach().to("cpu", copy=True)))
 
     def give_back(self, model) -> None:
@@ -152,8 +152,9 @@ class Loan:
             if model is not None and model is not kept.model and hasattr(model, "unload"):
                 model.unload()  # the LoRA layers out, the base's own modules back in place
             base = kept.model
-            if getattr(base, "is_activation_checkpointing", False):
-                base.activation_checkpointing_disable()
+            base_any: Any = base
+            if getattr(base_any, "is_activation_checkpointing", False):
+                base_any.activation_checkpointing_disable()
             params = dict(base.named_parameters())
             with torch.no_grad():
                 for w, copy in self.saved:
