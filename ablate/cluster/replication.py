@@ -54,10 +54,13 @@ def run_matrix(
     on_done: Callback | None = None,
     num_cpus: int | None = None,
     on_replicate: OnReplicate | None = None,
+    progress=None,
 ) -> list[dict]:
     """Train every cell not yet done, then the seeds adaptive replication asks for (at most one round); with a
-    judge, judge the generations after each round (a win-rate decision needs the first round's verdicts)."""
-    finished = run_plan(plan, address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus)
+    judge, judge the generations after each round (a win-rate decision needs the first round's verdicts). The
+    same `progress` (results/progress.py) sees both rounds, so the live view's total grows with the new cells."""
+    kw = dict(address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus, progress=progress)
+    finished = run_plan(plan, **kw)
     judge_matrix(plan, address, num_cpus)
     more, why = replication_request(plan)
     if not more:
@@ -65,6 +68,6 @@ def run_matrix(
     added = plan.add_seeds(more, why)
     if on_replicate:
         on_replicate(added, why)
-    finished += run_plan(plan, address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus)
+    finished += run_plan(plan, **kw)
     judge_matrix(plan, address, num_cpus)
     return finished
