@@ -249,6 +249,7 @@ def status(
     if target is None:
         _fail(UserError(["status: give a results directory or a matrix file, or --job ID --address URL"]))
 
+    assert target is not None  # _fail above exits
     try:
         where = _results_dir(target, results)
         cells, _ = collect(where, write=False)

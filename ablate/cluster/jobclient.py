@@ -50,10 +50,11 @@ def check_ray_versions(local: str, cluster: str, where: str = "the cluster") -> 
     if b is None:
         return f"cannot read the Ray version of {where} (it reported {cluster!r})"
     if a != b:
+        mine = f"{a[0]}.{a[1]}" if a else local
         return (
             f"Ray version mismatch: this machine has Ray {local}, {where} runs Ray {cluster}. Driver and "
             f"workers must agree on Ray major.minor: install ray[default]=={cluster} here (or move the cluster "
-            f"to Ray {a[0]}.{a[1]}) and submit again"
+            f"to Ray {mine}) and submit again"
         )
     return None
 
@@ -217,7 +218,7 @@ def connect(address: str | None, check_version: bool = True):
         raise JobError(auth_message(str(e).splitlines()[0] if str(e) else "401", address)) from None
     except ConnectionError:
         raise JobError(f"cannot connect to the Ray dashboard at {redact(address)}") from None
-    client._ablate_address = address  # for messages
+    client._ablate_address = address  # type: ignore[attr-defined]  # for messages
     return client
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Sequence
 
 PACKAGES = {
     "mlflow": ("mlflow", "mlflow-skinny"),
@@ -11,7 +12,7 @@ PACKAGES = {
 }
 
 
-def tracker_problems(names: list[str]) -> list[str]:
+def tracker_problems(names: Sequence[str]) -> list[str]:
     """A tracker named in report_to whose package is missing: found when the matrix is validated."""
     out = []
     for n in names:

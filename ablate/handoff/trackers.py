@@ -14,6 +14,7 @@ WANDB_PROJECT / WANDB_MODE / WANDB_DIR, and ABLATE_TENSORBOARD_DIR (default: <re
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -44,11 +45,14 @@ class Trackers:
         self.failed: dict[str, str] = {}
         ctx = {"name": name, "results": results}
         for n in names:
-            self._guard(n, lambda n=n: self.active.__setitem__(n, OPEN[n](**ctx)))
+            self._guard(n, functools.partial(self._open, n, ctx))
 
     @classmethod
     def for_plan(cls, plan, warn: Callable[[str], None]) -> Trackers:
         return cls(plan.spec.name, plan.results, list(plan.spec.report_to), {c.id: c for c in plan.cells}, warn)
+
+    def _open(self, n: str, ctx: dict) -> None:
+        self.active[n] = OPEN[n](**ctx)
 
     def _guard(self, n: str, fn: Callable[[], Any]) -> None:
         try:
@@ -67,18 +71,18 @@ class Trackers:
             return
         run = self._cell_run(out)
         for n, t in list(self.active.items()):
-            self._guard(n, lambda t=t: t.cell(run))
+            self._guard(n, functools.partial(t.cell, run))
 
     def log_decision(self, report) -> None:
         if not self.active:
             return
         d = _decided(self.name, self.results, report)
         for n, t in list(self.active.items()):
-            self._guard(n, lambda t=t: t.decision(d))
+            self._guard(n, functools.partial(t.decision, d))
 
     def close(self, ok: bool = True) -> None:
         for n, t in list(self.active.items()):
-            self._guard(n, lambda t=t: t.close(ok))
+            self._guard(n, functools.partial(t.close, ok))
         self.active.clear()
 
     def _cell_run(self, out: dict) -> CellRun:

@@ -53,6 +53,7 @@ def _read(source: DatasetSource | str, field: str):
     if isinstance(source, DatasetSource) and source.hf is not None:
         return _from_hub(source, field), source.display()
     path = source.path if isinstance(source, DatasetSource) else source
+    assert path is not None  # the schema requires `path` when `hf` is absent
     which = source.split if isinstance(source, DatasetSource) else None
     if path.split("?", 1)[0].lower().endswith(".jsonl"):
         raise UserError([f"data.{field}: {path}: a JSONL file is given as a plain path (data.{field}: {path})"])

@@ -84,7 +84,7 @@ def split_from_train(rows: list[Row], spec: SplitFromTrain, source: str) -> tupl
     rank = list(range(len(firsts)))
     random.Random(f"ablate-split/{spec.seed}").shuffle(rank)  # a str seed hashes the same on every machine
     position = {g: p for p, g in enumerate(rank)}
-    held_groups = {g for s, m in members.items() for g in sorted(m, key=position.get)[: quota[s]]}
+    held_groups = {g for s, m in members.items() for g in sorted(m, key=position.__getitem__)[: quota[s]]}
 
     prompt_groups = list(groups.values())
     held_idx = sorted(i for g in held_groups for i in prompt_groups[g])

@@ -31,10 +31,8 @@ def configuration_colours(configs: list[str]) -> dict[str, tuple]:
     import matplotlib
 
     n = len(configs)
-    if n <= 10:
-        cols = matplotlib.colormaps["tab10"].colors[:n]
-    elif n <= 20:
-        cols = matplotlib.colormaps["tab20"].colors[:n]
+    if n <= 20:  # the qualitative maps list their colours
+        cols = matplotlib.colormaps["tab10" if n <= 10 else "tab20"].colors[:n]  # type: ignore[attr-defined]
     else:
         cmap = matplotlib.colormaps["turbo"]
         cols = [cmap(x)[:3] for x in np.linspace(0.03, 0.97, n)]

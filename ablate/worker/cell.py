@@ -206,7 +206,7 @@ def train_and_stage(
     (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
     (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
     result.pairs.to_parquet(staging / "pairs.parquet", index=False)
-    recipe.model.save_pretrained(staging / "adapter")
+    recipe.model.save_pretrained(str(staging / "adapter"))
     if gen:  # last: the final generation may merge the adapter into the weights
         result.summary.update(gen.finish(recipe, state, staging))
     return result

@@ -22,7 +22,7 @@ class Checkpointer:
         self.store, self.key, self.every = store, checkpoint_key(cell_id), every
 
     def due(self, step: int) -> bool:
-        return bool(self.every) and step % self.every == 0
+        return self.every is not None and self.every > 0 and step % self.every == 0
 
     def save(self, recipe: Recipe, state: TrainState) -> None:
         model = recipe.model

@@ -198,7 +198,7 @@ class Recipe:
             model,
             LoraConfig(
                 r=cell.rank,
-                lora_alpha=t.lora.alpha_over_rank * cell.rank,
+                lora_alpha=t.lora.alpha_over_rank * cell.rank,  # type: ignore[arg-type]  # PEFT annotates int; a float works
                 lora_dropout=t.lora.dropout,
                 target_modules=list(t.lora.targets),
                 task_type="CAUSAL_LM",
