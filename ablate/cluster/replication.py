@@ -15,8 +15,9 @@ from ..matrix.plan import Plan
 from ..results.collect import collect, read_judgements
 from ..verdict.decide import decide
 from ..verdict.winrate import win_pairs
+from . import runner  # looked up at call time, so a test's patch of runner.run_plan applies here too
 from .judging import judge_matrix
-from .runner import Callback, run_plan
+from .runner import Callback
 
 OnReplicate = Callable[[list, str], None]
 
@@ -60,7 +61,7 @@ def run_matrix(
     judge, judge the generations after each round (a win-rate decision needs the first round's verdicts). The
     same `progress` (results/progress.py) sees both rounds, so the live view's total grows with the new cells."""
     kw = dict(address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus, progress=progress)
-    finished = run_plan(plan, **kw)
+    finished = runner.run_plan(plan, **kw)
     judge_matrix(plan, address, num_cpus)
     more, why = replication_request(plan)
     if not more:
@@ -68,6 +69,6 @@ def run_matrix(
     added = plan.add_seeds(more, why)
     if on_replicate:
         on_replicate(added, why)
-    finished += run_plan(plan, **kw)
+    finished += runner.run_plan(plan, **kw)
     judge_matrix(plan, address, num_cpus)
     return finished
