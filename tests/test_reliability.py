@@ -174,6 +174,34 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path, loc
     assert not list((res / "running").glob("*")) and not list((res / "checkpoints").glob("*"))
 
 
+def test_a_cell_outliving_its_killed_driver_stops_writing_once_another_run_holds_the_lock(tmp_path):
+    # A worker of a SIGKILLed driver can train on for seconds; once a new run holds the lock it must write no
+    # marker (the new run's `running/` would show a ghost) and end as a stopped cell.
+    from ablate.results.lock import ResultsLock
+    from ablate.results.storage import Store
+    from ablate.worker.cell import Heartbeat
+
+    store = Store(str(tmp_path))
+    with ResultsLock(store) as old:
+        beat = Heartbeat(store, "c0ffee", {"host": "h"}, old.token).start()
+        time.sleep(1.5)
+        assert not beat.orphaned and (tmp_path / "running" / "c0ffee.json").is_file()
+    with ResultsLock(store):  # the killed driver's flock is gone; a resume takes the lock and clears markers
+        (tmp_path / "running" / "c0ffee.json").unlink()
+        deadline = time.time() + 10
+        while not beat.orphaned and time.time() < deadline:
+            beat.progress(3, 10, {"loss": 0.5})
+            time.sleep(0.2)
+        assert beat.orphaned and beat.stop_requested
+        (tmp_path / "running" / "c0ffee.json").unlink(missing_ok=True)  # as the new run does when it ends
+        beat.progress(4, 10, {"loss": 0.4})
+        time.sleep(1.5)
+        assert not (tmp_path / "running" / "c0ffee.json").exists()
+        (tmp_path / "running" / "c0ffee.json").write_text("{}")  # the new run's own marker for the same cell
+        beat.stop()
+        assert (tmp_path / "running" / "c0ffee.json").read_text() == "{}"
+
+
 def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
     p = write(tmp_path, slow_matrix())
     res = tmp_path / "r" / "rel"

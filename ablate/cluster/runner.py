@@ -16,7 +16,7 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .. import objectives
@@ -189,8 +189,7 @@ def run_plan(
         try:
             # Under the lock no other driver is training here, so a running/ marker and a cells/.tmp-* staging
             # folder are left over from a killed run.
-            for info in plan.results.listdir("running"):
-                plan.results.delete(f"running/{info.base_name}")
+            _clear_markers(plan)
             storage.clean_staging(plan.results)
             storage.clear_stop(plan.results)
             plan.write()
@@ -205,7 +204,21 @@ def run_plan(
         if not todo:
             return []
         with _sigterm_as_interrupt():
-            return _run_cells(plan, todo, address, on_done, num_cpus, lock, progress)
+            finished = _run_cells(plan, todo, address, on_done, num_cpus, lock, progress)
+        _clear_markers(plan, done=[o["id"] for o in finished if o["status"] == "done"])
+        return finished
+
+
+def _clear_markers(plan: Plan, done: Sequence[str] = ()) -> None:
+    """Drop running/ markers (and the checkpoints of `done` cells). Under the lock every one is stale: left by
+    a killed driver's worker, which can outlive it by seconds and writes until it sees the lock change hands."""
+    try:
+        for info in plan.results.listdir("running"):
+            plan.results.delete(f"running/{info.base_name}")
+        for cid in done:
+            plan.results.delete(storage.checkpoint_key(cid))
+    except OSError:
+        pass  # read-only results: the markers go stale by themselves
 
 
 def _unwritable(plan: Plan, e: BaseException) -> BaseException:
@@ -253,7 +266,8 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
     opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
     task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
     train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
-    model_spec, runtime, results = plan.spec.model, runtime_for(plan.spec), plan.results.uri
+    model_spec, results = plan.spec.model, plan.results.uri
+    runtime = runtime_for(plan.spec).with_(run_token=lock.token)  # a cell outliving this driver stops itself
     hooks = _test_hooks()
 
     references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
