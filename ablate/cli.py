@@ -156,12 +156,15 @@ def _run(matrix: Path, results: Optional[str], address: Optional[str], verb: str
     console.print(
         f"\nTables: {r}/cells.parquet, {r}/pairs.parquet; report: {r}/report.md  ({time.perf_counter() - t0:.0f}s)"
     )
+    if rep.judge_error:  # the cells are done; the verdicts are missing, and that is never skipped silently
+        err.print(f"[red]The judge failed:[/red] {escape(rep.judge_error)}. `ablate resume {matrix}` judges again.")
     if failed:
         err.print(
             f"[red]{len(failed)} cell(s) failed:[/red] "
             + ", ".join(f["label"] for f in failed)
             + f". Stack traces: {plan.results.uri}/cells/<id>/error.txt; `ablate resume {matrix}` retries them."
         )
+    if failed or rep.judge_error:
         raise typer.Exit(1)
 
 

@@ -123,7 +123,7 @@ def test_winner_export_loads_alone_and_reproduces_the_cells_logps(two_seeds, tmp
     assert ab["model"]["path"] == "builtin:tiny-llama" and ab["model"]["builtin_seed"] == 1234
     assert ab["version"]["trained"] == "0.1.0" and "commit" in ab["version"]["exported"]
     ev = ab["evidence"]
-    assert ev["rule"] == "paired_exact" and ev["winner"] == d.winner and ev["decision"] == d.reason
+    assert ev["rule"] == "recipe" and ev["winner"] == d.winner and ev["decision"] == d.reason
     assert ev["heldout_correct"] == row["heldout_correct"] and ev["heldout_pairs"] == 32
     lo, hi = ev["heldout_accuracy_ci95"]
     assert lo < ev["heldout_accuracy"] < hi

@@ -32,8 +32,15 @@ def problems_for(write_matrix, tmp_path, m) -> list[str]:
     return e.value.problems
 
 
-def test_quickstart_ids_are_unchanged():
-    assert {c.id for c in make_plan(ROOT / "matrices" / "quickstart.yaml").cells} == QUICKSTART_IDS
+def test_quickstart_ids_are_unchanged(tmp_path):
+    """The registry changed nothing for the objectives that existed: the quickstart's training cells keep their ids.
+    (The quickstart now also generates answers, which is part of a cell's outputs and so of its id: left out here.)"""
+    import yaml
+
+    m = yaml.safe_load((ROOT / "matrices" / "quickstart.yaml").read_text())
+    m.pop("eval", None), m.pop("judge", None)
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(m))
+    assert {c.id for c in make_plan(tmp_path / "q.yaml").cells} == QUICKSTART_IDS
 
 
 @pytest.mark.parametrize("name", objectives.NAMES)

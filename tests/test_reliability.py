@@ -21,6 +21,7 @@ import yaml
 
 from ablate.cluster.runner import run_plan
 from ablate.matrix.plan import make_plan
+from ablate.results.collect import collect
 
 from conftest import ablate_cli as ablate
 from conftest import ablate_start as start
@@ -101,7 +102,7 @@ def assert_complete(cell: Path) -> None:
     assert json.loads((cell / "cell.json").read_text())["status"] == "done"
 
 
-def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tmp_path):
+def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tmp_path, local_ray):
     m = small_matrix()
     m["matrix"]["lora_rank"] = [4, 8]
     m["resources"] = {"fail_fast": False}  # `off` keeps running after identical failures: the other cells finish
@@ -120,16 +121,16 @@ def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tm
         assert "Traceback" in text and "simulated bad batch at step 2" in text
     before = {d.name: tree_hashes(d) for d in done_cells(res)}
 
-    r = ablate("resume", p, "--results", tmp_path / "r")
-    assert r.returncode == 0, r.stderr
-    assert "training 2 cell(s)" in r.stdout
-    cells = pd.read_parquet(res / "cells.parquet")
+    # Resume (the same run_plan as `ablate resume`, on the suite's Ray): only the two failed cells train.
+    out = run_plan(make_plan(p, results=tmp_path / "r"))
+    assert sorted(o["id"] for o in out) == sorted(failed["cell_id"]) and all(o["status"] == "done" for o in out)
+    cells, _ = collect(res)
     assert (cells["status"] == "done").all() and cells["cell_id"].is_unique
     for name, hashes in before.items():
         assert tree_hashes(res / "cells" / name) == hashes  # done cells untouched, byte for byte
 
 
-def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
+def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path, local_ray):
     p = write(tmp_path, slow_matrix())
     res = tmp_path / "r" / "rel"
     a = start("run", p, "--results", tmp_path / "r")
@@ -157,21 +158,48 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path):
     assert r.returncode == 0 and "done" in summary(r.stdout)  # a killed run leaves a readable results directory
     (res / "cells" / ".tmp-leftover-0000").mkdir(exist_ok=True)  # as a worker killed mid-cell leaves it
 
-    # Resources are not part of a cell's identity: resume may run the rest two at a time.
+    # Resources are not part of a cell's identity: resume (as `ablate resume` does, on the suite's Ray) may run
+    # the rest two at a time.
     m = slow_matrix()
     m["resources"] = {"cpus_per_cell": 1}
     p = write(tmp_path, m)
-    r = ablate("resume", p, "--results", tmp_path / "r")
-    assert r.returncode == 0, r.stderr
-    assert f"training {4 - len(before)} cell(s)" in r.stdout
+    out = run_plan(make_plan(p, results=tmp_path / "r"))
+    assert len(out) == 4 - len(before) and all(o["status"] == "done" for o in out)
     assert not staging(res)  # what the killed run was staging is gone; finished cells are checked below
-    cells = pd.read_parquet(res / "cells.parquet")
+    cells, pairs = collect(res)
     assert len(cells) == 4 and cells["cell_id"].is_unique and (cells["status"] == "done").all()
-    pairs = pd.read_parquet(res / "pairs.parquet")
     assert not pairs.duplicated(["cell_id", "pair"]).any() and len(pairs) == 4 * 32
     for name, hashes in before.items():
         assert tree_hashes(res / "cells" / name) == hashes
     assert not list((res / "running").glob("*")) and not list((res / "checkpoints").glob("*"))
+
+
+def test_a_cell_outliving_its_killed_driver_stops_writing_once_another_run_holds_the_lock(tmp_path):
+    # A worker of a SIGKILLed driver can train on for seconds; once a new run holds the lock it must write no
+    # marker (the new run's `running/` would show a ghost) and end as a stopped cell.
+    from ablate.results.lock import ResultsLock
+    from ablate.results.storage import Store
+    from ablate.worker.cell import Heartbeat
+
+    store = Store(str(tmp_path))
+    with ResultsLock(store) as old:
+        beat = Heartbeat(store, "c0ffee", {"host": "h"}, old.token).start()
+        time.sleep(1.5)
+        assert not beat.orphaned and (tmp_path / "running" / "c0ffee.json").is_file()
+    with ResultsLock(store):  # the killed driver's flock is gone; a resume takes the lock and clears markers
+        (tmp_path / "running" / "c0ffee.json").unlink()
+        deadline = time.time() + 10
+        while not beat.orphaned and time.time() < deadline:
+            beat.progress(3, 10, {"loss": 0.5})
+            time.sleep(0.2)
+        assert beat.orphaned and beat.stop_requested
+        (tmp_path / "running" / "c0ffee.json").unlink(missing_ok=True)  # as the new run does when it ends
+        beat.progress(4, 10, {"loss": 0.4})
+        time.sleep(1.5)
+        assert not (tmp_path / "running" / "c0ffee.json").exists()
+        (tmp_path / "running" / "c0ffee.json").write_text("{}")  # the new run's own marker for the same cell
+        beat.stop()
+        assert (tmp_path / "running" / "c0ffee.json").read_text() == "{}"
 
 
 def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):

@@ -163,7 +163,8 @@ def test_results_disk_full_or_read_only_mid_run_stops_cleanly_and_keeps_finished
     from ablate.matrix.plan import make_plan
 
     m = small_matrix(name="disk")
-    m["matrix"]["lora_rank"] = [4, 8]
+    m["matrix"] = {"objective": ["simpo"], "lora_rank": [4, 8, 16], "seed": [0]}
+    m["decision"]["baseline"] = {"objective": "simpo", "lora_rank": 4}
     m["train"].update(batch_size=8, max_steps=16, checkpoint_every_steps=2, eval_steps=8)
     m["resources"] = {"cpus_per_cell": 2}  # one cell at a time: the trouble lands while the next one trains
     p = tmp_path / "m.yaml"
@@ -200,7 +201,7 @@ def test_results_disk_full_or_read_only_mid_run_stops_cleanly_and_keeps_finished
     msg = str(stopped.value)
     assert f"cannot write the results at {res}" in msg
     assert ("No space left on device" if trouble == "full" else "Read-only file system") in msg, msg
-    assert stopped.value.code == 1 and len(snapshot) in (1, 2, 3), snapshot
+    assert stopped.value.code == 1 and len(snapshot) in (1, 2), snapshot
 
     # Nothing half-published: every cell folder is finished and complete, none was recorded failed.
     published = [d for d in (res / "cells").iterdir() if not d.name.startswith(".tmp-")]
@@ -214,7 +215,7 @@ def test_results_disk_full_or_read_only_mid_run_stops_cleanly_and_keeps_finished
     else:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     out = run_plan(make_plan(p, results=small_disk))
-    assert [o["status"] for o in out] == ["done"] * (4 - len(snapshot))
+    assert [o["status"] for o in out] == ["done"] * (3 - len(snapshot))
     for cid, files in snapshot.items():
         assert _tree(res / "cells" / cid) == files
     assert not list((res / "cells").glob(".tmp-*")) and not list((res / "running").glob("*"))

@@ -130,7 +130,7 @@ def test_mlflow_file_store_has_a_parent_and_one_run_per_cell(tracked, monkeypatc
     local = client.download_artifacts(parent.info.run_id, "report.md", str(tmp))
     assert open(local).read() == report
     assert {f.path for f in client.list_artifacts(parent.info.run_id)} >= {"report.md", "cells.parquet"}
-    assert parent.data.params["rule"] == "paired_exact" and parent.data.tags["ablate.winner"]
+    assert parent.data.params["rule"] == "recipe" and parent.data.tags["ablate.winner"]
 
 
 def test_tensorboard_event_files_read_back_with_tensorboard(tracked):

@@ -18,7 +18,7 @@ import os
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .. import objectives
@@ -166,8 +166,7 @@ def run_plan(
         try:
             # Under the lock no other driver is training here, so a running/ marker and a cells/.tmp-* staging
             # folder are left over from a killed run.
-            for info in plan.results.listdir("running"):
-                plan.results.delete(f"running/{info.base_name}")
+            _clear_markers(plan)
             storage.clean_staging(plan.results)
             storage.clear_stop(plan.results)
             plan.write()
@@ -182,7 +181,21 @@ def run_plan(
         if not todo:
             return []
         with _sigterm_as_interrupt():
-            return _run_cells(plan, todo, address, on_done, num_cpus, lock, progress, session)
+            finished = _run_cells(plan, todo, address, on_done, num_cpus, lock, progress, session)
+        _clear_markers(plan, done=[o["id"] for o in finished if o["status"] == "done"])
+        return finished
+
+
+def _clear_markers(plan: Plan, done: Sequence[str] = ()) -> None:
+    """Drop running/ markers (and the checkpoints of `done` cells). Under the lock every one is stale: left by
+    a killed driver's worker, which can outlive it by seconds and writes until it sees the lock change hands."""
+    try:
+        for info in plan.results.listdir("running"):
+            plan.results.delete(f"running/{info.base_name}")
+        for cid in done:
+            plan.results.delete(storage.checkpoint_key(cid))
+    except OSError:
+        pass  # read-only results: the markers go stale by themselves
 
 
 def _unwritable(plan: Plan, e: BaseException) -> BaseException:
@@ -237,7 +250,8 @@ def _run_cells(
             session.close()
             session.launch = launch
     launch.grow(min(len(todo), trainers.slots(_wants(res))))  # never more actors than cells
-    model_spec, runtime, results = plan.spec.model, runtime_for(plan.spec), plan.results.uri
+    model_spec, results = plan.spec.model, plan.results.uri
+    runtime = runtime_for(plan.spec).with_(run_token=lock.token)  # a cell outliving this driver stops itself
     hooks = _test_hooks()
 
     # One reference job per distinct (model, data, lengths), usually exactly one, first in the queue; also when no

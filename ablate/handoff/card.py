@@ -41,7 +41,7 @@ def evidence(rep, row: dict) -> dict[str, Any]:
     baseline under the rule, the report's flags for it, and the decision itself."""
     n, k = int(row["heldout_pairs"]), int(row["heldout_correct"])
     lo, hi = accuracy_interval(k, n)
-    flags = next((r["flags"] for r in rep.rows if r["cell"] == row["label"]), "")
+    flags = next((r["flags"] for r in rep.rows if r.get("configuration") == row["config"]), "")  # per configuration
     ev: dict[str, Any] = {
         "heldout_accuracy": _num(row["heldout_accuracy"]),
         "heldout_correct": k,
@@ -187,13 +187,13 @@ def _body(plan, row, params, cfg, spec: ModelSpec, ev: dict, variant: str) -> st
         c = ev.get("configuration")
         if c and c["vs_baseline"]:
             v = c["vs_baseline"]
-            test = (
-                f"interval on the accuracy difference [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-                if v["ci_low"] is not None
-                else f"p = {v['p_value']:.3g}, {v['p_adjusted']:.3g} after Holm"
-                if v["p_value"] is not None
-                else "no test"
-            )
+            if v["ci_low"] is not None and v["ci_high"] is not None:  # the bootstrap's two-sided interval
+                test = f"interval on the accuracy difference [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+            elif v["p_value"] is not None:  # the recipe or exact test (one-sided; the recipe rule adds a lower bound)
+                test = f"p = {v['p_value']:.3g}, {v['p_adjusted']:.3g} after Holm, one-sided"
+                test += f"; lower bound {v['ci_low']:+.3f}" if v["ci_low"] is not None else ""
+            else:
+                test = "no test"
             out.append(
                 f"- Against the baseline ({ev['baseline']}): {v['diff_pairs']:+.0f} pairs ({v['wins']} won, "
                 f"{v['losses']} lost; {test}); {'significant' if v['significant'] else 'not significant'}."

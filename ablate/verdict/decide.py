@@ -107,33 +107,11 @@ def decide(
     untrained = None if win else untrained
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-    done = cells[cells["status"] == "done"].copy()
-    if "replicated" not in done:
-        done["replicated"] = False
-    base_rows = done[done["is_baseline"]]
-    if base_rows.empty:
-        raise ValueError("the baseline configuration has no finished cell; nothing to compare against")
-    base_id = base_rows["config_id"].iloc[0]
-    configs = {cid: g.sort_values("seed") for cid, g in done.groupby("config_id", sort=False)}
-    wide = _wide(pairs, list(done["cell_id"]))
-    outcomes = {cid: wide[list(g["cell_id"])].dropna().to_numpy() for cid, g in configs.items()}
-    n_pairs = outcomes[base_id].shape[0]
-    for cid, y in outcomes.items():
-        if y.shape[0] != n_pairs or y.shape[0] != len(wide):
-            raise ValueError(
-                f"{configs[cid]['config'].iloc[0]} was evaluated on {y.shape[0]} held-out pairs, "
-                f"the baseline on {n_pairs}"
-            )
-    # Move the baseline first; challengers keep the table's order.
-    order = [base_id] + [c for c in outcomes if c != base_id]
-    outcomes = {c: outcomes[c] for c in order}
-    chal = order[1:]
-    m = len(chal)
+    configs, outcomes, first, base_id = _outcomes(cells, pairs)
+    order = list(outcomes)  # the baseline first; challengers keep the table's order
+    chal, m, n_pairs = order[1:], len(order) - 1, outcomes[base_id].shape[0]
     label = {c: configs[c]["config"].iloc[0] for c in order}
-
-    # Stage 1 = each configuration's cells from the matrix itself (replication adds the others later).
-    first = {c: wide[list(configs[c].loc[~configs[c]["replicated"].astype(bool), "cell_id"])].to_numpy() for c in order}
-    replicated = bool(done["replicated"].astype(bool).any())
+    replicated = bool(any(g["replicated"].astype(bool).any() for g in configs.values()))
     sc = stats.seed_components({c: y for c, y in outcomes.items() if not (win and c == base_id)})
     tau2 = float(sc["tau2"]) if sc["df"] else float("nan")
     if assumed_seed_sd is not None and not sc["df"]:
@@ -165,28 +143,12 @@ def decide(
         need = stats.replication_needs(first, base_id, alpha, max_seeds)
         replicate = {c: int(k) for c, k in need.items() if int(k) > 0}
 
-    if unit == "adapter" and rule == "recipe" and switch:
-        sd = float(table.loc[table["config"] == winner, "overturning_seed_sd"].iloc[0])
-        notes.append(
-            f"With one seed per configuration this compares trained adapters, not recipes: a seed-to-seed spread "
-            f"of held-out accuracy above {sd * 100:.1f} points (SD) would overturn it. More seeds of the contenders "
-            "(decision.replicate) make it a claim about recipes."
-        )
+    notes += _caveats(rule, unit, switch, winner, table, outcomes, base_id, chal, n_pairs)
     untrained_info = _vs_untrained(untrained, table, outcomes, label, tau2, alpha) if untrained is not None else {}
     reason = (winrate.reason if win else _reason)(table, label[base_id], winner, switch, rule, alpha, n_pairs, unit)
     if untrained_info.get("nothing_learned"):
         reason = untrained_info["nothing_learned"] + " " + reason
         switch, winner = False, label[base_id]
-    if rule == "seed_rule" and m:
-        agree = float(np.mean([(outcomes[c][:, 0] == outcomes[base_id][:, 0]).mean() for c in chal]))
-        acc = float(np.clip(outcomes[base_id].mean(), 0.05, 0.95))
-        independent = 1 - 2 * acc * (1 - acc)  # the least two cells can agree at this accuracy (no shared difficulty)
-        rate = seed_rule_rate(n_pairs, m, round(float(np.clip(agree, independent + 0.01, 0.99)), 2), round(acc, 2))
-        notes.append(
-            f"the seed rule switches {rate:.0%} of the time between truly equal configurations in a matrix like "
-            f"this one ({m} challenger(s), {n_pairs} held-out pairs, simulated); use the recipe rule for a "
-            "decision that is wrong at most α of the time"
-        )
     planning = _planning(outcomes, base_id, chal, table, tau2, alpha, m) if m else ""
     planning = (
         planning.replace("held-out pairs", "prompts").replace("difference", "win-rate difference") if win else planning
@@ -212,6 +174,55 @@ def decide(
         untrained_info,
         metric,
     )
+
+
+def _outcomes(cells: pd.DataFrame, pairs: pd.DataFrame):
+    """(cells by configuration, outcome matrix [pairs, seeds] per configuration with the baseline first, the same
+    for the first round only — the matrix's own seeds, before replication added any —, the baseline's id)."""
+    done = cells[cells["status"] == "done"].copy()
+    if "replicated" not in done:
+        done["replicated"] = False
+    base_rows = done[done["is_baseline"]]
+    if base_rows.empty:
+        raise ValueError("the baseline configuration has no finished cell; nothing to compare against")
+    base_id = base_rows["config_id"].iloc[0]
+    configs = {cid: g.sort_values("seed") for cid, g in done.groupby("config_id", sort=False)}
+    configs = {base_id: configs[base_id], **{c: g for c, g in configs.items() if c != base_id}}
+    wide = _wide(pairs, list(done["cell_id"]))
+    outcomes = {cid: wide[list(g["cell_id"])].dropna().to_numpy() for cid, g in configs.items()}
+    n_pairs = outcomes[base_id].shape[0]
+    for cid, y in outcomes.items():
+        if y.shape[0] != n_pairs or y.shape[0] != len(wide):
+            raise ValueError(
+                f"{configs[cid]['config'].iloc[0]} was evaluated on {y.shape[0]} held-out pairs, "
+                f"the baseline on {n_pairs}"
+            )
+    first = {c: wide[list(g.loc[~g["replicated"].astype(bool), "cell_id"])].to_numpy() for c, g in configs.items()}
+    return configs, outcomes, first, base_id
+
+
+def _caveats(rule, unit, switch, winner, table, outcomes, base_id, chal, n_pairs) -> list[str]:
+    """What the verdict cannot claim: one seed (adapters, not recipes) and the seed rule's real error rate."""
+    notes = []
+    if unit == "adapter" and rule == "recipe" and switch:
+        sd = float(table.loc[table["config"] == winner, "overturning_seed_sd"].iloc[0])
+        notes.append(
+            f"With one seed per configuration this compares trained adapters, not recipes: a seed-to-seed spread "
+            f"of held-out accuracy above {sd * 100:.1f} points (SD) would overturn it. More seeds of the contenders "
+            "(decision.replicate) make it a claim about recipes."
+        )
+    m = len(chal)
+    if rule == "seed_rule" and m:
+        agree = float(np.mean([(outcomes[c][:, 0] == outcomes[base_id][:, 0]).mean() for c in chal]))
+        acc = float(np.clip(outcomes[base_id].mean(), 0.05, 0.95))
+        independent = 1 - 2 * acc * (1 - acc)  # the least two cells can agree at this accuracy (no shared difficulty)
+        rate = seed_rule_rate(n_pairs, m, round(float(np.clip(agree, independent + 0.01, 0.99)), 2), round(acc, 2))
+        notes.append(
+            f"the seed rule switches {rate:.0%} of the time between truly equal configurations in a matrix like "
+            f"this one ({m} challenger(s), {n_pairs} held-out pairs, simulated); use the recipe rule for a "
+            "decision that is wrong at most α of the time"
+        )
+    return notes
 
 
 def _evidence(rule, rows, outcomes, first, base_id, chal, alpha, replicated, assumed_tau2, win=False, added=None):

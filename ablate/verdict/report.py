@@ -82,90 +82,26 @@ def build_report(
     judgements, judge_error = read_judgements(results, judge["key"]) if judge else (None, None)
     win_rule = d.get("metric") == "win_rate"
 
-    decision, lines = None, []
-    try:
-        decision = decide(
-            cells, pairs, rule, alpha, d.get("tolerance_pairs"), logs, assumed_seed_sd=d.get("assumed_seed_sd"),
-            untrained=untrained,
-        )  # fmt: skip
-    except ValueError as e:
-        lines.append(f"No decision yet: {e}.")
-    verdict = decision  # what decides: held-out accuracy, or the judge's win rate (decision.metric)
-    if win_rule and decision is not None:
-        verdict = None
-        if judge_error or judgements is None or judgements.empty:
-            why = judge_error or "not run"
-            lines.append(f"No decision yet: decision.metric is win_rate and the judge has no verdicts ({why}).")
-        else:
-            verdict = decide(cells, winrate.win_pairs(judgements, cells), rule, alpha, d.get("tolerance_pairs"), logs,
-                             assumed_seed_sd=d.get("assumed_seed_sd"), metric="win_rate")  # fmt: skip
+    decision, verdict, lines = _decide(cells, pairs, rule, alpha, d, logs, untrained, judgements, judge_error)
     gen_table = (
         winrate.generation_table(cells, gens, judgements, (plan.get("generate") or {}).get("max_new_tokens"))
         if gens is not None
         else None
     )
-
     if per_seed or decision is None:
         columns, rows = SEED_COLUMNS, _seed_rows(cells, pairs, decision, over)
     else:
         columns = HEAD + RULE_COLUMNS[rule] + TAIL
         rows = _config_rows(cells, pairs, decision, over, untrained, verdict, gen_table)
-
     if verdict:
         lines.insert(0, verdict.reason)
-        what = "recipes: seeds and held-out pairs are the noise" if verdict.unit == "recipe" else "trained adapters"
-        unit, size = ("win-rate points", "prompts") if win_rule else ("accuracy", "held-out pairs")
-        on = " on the judge's win rate against the baseline" if win_rule else ""
-        mde = (
-            f"Smallest difference it detects at 80% power: {verdict.mde:.1%} {unit} "
-            f"(≈ {verdict.mde * verdict.heldout_pairs:.0f} {size.split()[-1]})."
-            if verdict.mde < (0.5 if win_rule else 1.0)
-            else "At 80% power it detects no possible difference with this design."
-        )
-        lines.append(
-            f"Rule: {rule} (α = {alpha}){on}, a verdict about {what}; {verdict.heldout_pairs} {size} × up to "
-            f"{verdict.seeds} seed(s). {mde}"
-        )
+        lines.append(_rule_line(verdict, rule, alpha, win_rule))
     if decision:
-        lines += (verdict or decision).notes
-        if np.isfinite(decision.seed_sd):
-            comp = decision.comparisons[~decision.comparisons["is_baseline"]]
-            share = float(comp["seed_share"].mean()) if comp["seed_share"].notna().any() else float("nan")
-            lines.append(
-                f"Seed-to-seed spread of held-out accuracy: SD {decision.seed_sd * 100:.1f} points (pooled over "
-                f"configurations with ≥ 2 seeds); seeds make {_fmt(share, '.0%')} of a comparison's variance, "
-                f"held-out pairs the rest."
-            )
-        if (verdict or decision).planning:
-            lines.append((verdict or decision).planning)
-    for r in plan.get("replication") or []:
-        added = "; ".join(f"{a['config']}: seeds {', '.join(map(str, a['seeds']))}" for a in r["added"])
-        lines.append(f"Replication added {added} — {r['why']}.")
-    ls = length_summary(pairs)
-    if ls:
-        lines.append(
-            f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "
-            f"{ls['rejected_median']:.0f}; chosen is longer in {ls['share_chosen_longer']:.0%} of pairs."
-        )
+        lines += _design_lines(decision, verdict or decision)
+    lines += _context_lines(plan, cells, pairs, over)
     if gen_table is not None:
-        lines += _generation_lines(gens, gen_table, judge, judgements, judge_error)
-        w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
-        known = w is not None and not win_rule and w["config_id"] in set(gen_table["config_id"])
-        g = gen_table.set_index("config_id").loc[w["config_id"]] if known and w is not None else None
-        if g is not None and g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
-            lines.append(
-                f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
-                "prompts against the baseline's: its held-out gain does not show in what it writes."
-            )
-    n_over = sum(v["flag"] for v in over.values())
-    if n_over:
-        lines.append(
-            f"{n_over} cell(s) overoptimized: training margin kept rising in the second half while held-out "
-            "accuracy did not (retention = held-out margin / training margin; lower is worse)."
-        )
-    pending = int((cells["status"] != "done").sum())
-    if pending:
-        lines.append(f"{pending} cell(s) not done; `ablate resume` runs only those.")
+        lines += winrate.report_lines(gens, gen_table, judge, judgements, judge_error)
+        lines += winrate.winner_writes(verdict, gen_table, win_rule)
 
     quart = length_quartiles(pairs)
     png = []
@@ -192,28 +128,81 @@ def build_report(
     return Report(plan["name"], verdict, rows, columns, lines, md, png, cells, pairs, gens, gen_columns, judge_error)
 
 
-def _generation_lines(gens, table, judge, judgements, error) -> list[str]:
-    final = gens[gens["final"]]
-    out = [
-        f"Generations: {final['prompt_index'].nunique()} held-out prompts per cell; answers median "
-        f"{final['tokens'].median():.0f} tokens ({final['chars'].median():.0f} characters), "
-        f"{(final['finish'] == 'length').mean():.0%} stopped at max_new_tokens."
-    ]
-    if judge and error:
-        out.append(f"JUDGE FAILED ({judge['name']}): {error}. The cells are kept; `ablate resume` judges again.")
-    elif judge and judgements is not None and not judgements.empty:
+def _decide(cells, pairs, rule, alpha, d, logs, untrained, judgements, judge_error):
+    """(the held-out decision, the verdict that decides — the same, or the win-rate one — and early lines)."""
+    decision, lines = None, []
+    try:
+        decision = decide(
+            cells, pairs, rule, alpha, d.get("tolerance_pairs"), logs, assumed_seed_sd=d.get("assumed_seed_sd"),
+            untrained=untrained,
+        )  # fmt: skip
+    except ValueError as e:
+        lines.append(f"No decision yet: {e}.")
+    verdict = decision  # what decides: held-out accuracy, or the judge's win rate (decision.metric)
+    if d.get("metric") == "win_rate" and decision is not None:
+        verdict = None
+        if judge_error or judgements is None or judgements.empty:
+            why = judge_error or "not run"
+            lines.append(f"No decision yet: decision.metric is win_rate and the judge has no verdicts ({why}).")
+        else:
+            verdict = decide(cells, winrate.win_pairs(judgements, cells), rule, alpha, d.get("tolerance_pairs"), logs,
+                             assumed_seed_sd=d.get("assumed_seed_sd"), metric="win_rate")  # fmt: skip
+    return decision, verdict, lines
+
+
+def _rule_line(verdict: Decision, rule: str, alpha: float, win_rule: bool) -> str:
+    what = "recipes: seeds and held-out pairs are the noise" if verdict.unit == "recipe" else "trained adapters"
+    unit, size = ("win-rate points", "prompts") if win_rule else ("accuracy", "held-out pairs")
+    on = " on the judge's win rate against the baseline" if win_rule else ""
+    mde = (
+        f"Smallest difference it detects at 80% power: {verdict.mde:.1%} {unit} "
+        f"(≈ {verdict.mde * verdict.heldout_pairs:.0f} {size.split()[-1]})."
+        if verdict.mde < (0.5 if win_rule else 1.0)
+        else "At 80% power it detects no possible difference with this design."
+    )
+    return (
+        f"Rule: {rule} (α = {alpha}){on}, a verdict about {what}; {verdict.heldout_pairs} {size} × up to "
+        f"{verdict.seeds} seed(s). {mde}"
+    )
+
+
+def _design_lines(decision: Decision, verdict: Decision) -> list[str]:
+    """The rule's notes, the seed spread and how much of the variance it makes, and the planning line."""
+    out = list(verdict.notes)
+    if np.isfinite(decision.seed_sd):
+        comp = decision.comparisons[~decision.comparisons["is_baseline"]]
+        share = float(comp["seed_share"].mean()) if comp["seed_share"].notna().any() else float("nan")
         out.append(
-            f"Judge: {judge['name']}; win rate = share of prompts on which it prefers the configuration's answer to "
-            "the baseline's (ties ½), over every seed pair; LC win = at equal answer lengths (logistic adjustment)."
+            f"Seed-to-seed spread of held-out accuracy: SD {decision.seed_sd * 100:.1f} points (pooled over "
+            f"configurations with ≥ 2 seeds); seeds make {_fmt(share, '.0%')} of a comparison's variance, "
+            f"held-out pairs the rest."
         )
-    why = {
-        "collapsed": f"median seq-rep-4 above {winrate.COLLAPSE_REPETITION} or answers shrinking below "
-        f"{winrate.SHRINK:.0%} of their first length across evals",
-        "verbose": f"median length ≥ {winrate.VERBOSE_LENGTH}× the baseline's, win rate not above 50%",
-    }
-    for flag in why:
-        if table[flag].any():
-            out.append(f"{int(table[flag].sum())} configuration(s) {flag}: {why[flag]}.")
+    if verdict.planning:
+        out.append(verdict.planning)
+    return out
+
+
+def _context_lines(plan: dict, cells: pd.DataFrame, pairs: pd.DataFrame, over: dict) -> list[str]:
+    """Replication history, held-out lengths, overoptimized cells and cells not done."""
+    out = []
+    for r in plan.get("replication") or []:
+        added = "; ".join(f"{a['config']}: seeds {', '.join(map(str, a['seeds']))}" for a in r["added"])
+        out.append(f"Replication added {added} — {r['why']}.")
+    ls = length_summary(pairs)
+    if ls:
+        out.append(
+            f"Held-out lengths (tokens): chosen median {ls['chosen_median']:.0f}, rejected median "
+            f"{ls['rejected_median']:.0f}; chosen is longer in {ls['share_chosen_longer']:.0%} of pairs."
+        )
+    n_over = sum(v["flag"] for v in over.values())
+    if n_over:
+        out.append(
+            f"{n_over} cell(s) overoptimized: training margin kept rising in the second half while held-out "
+            "accuracy did not (retention = held-out margin / training margin; lower is worse)."
+        )
+    pending = int((cells["status"] != "done").sum())
+    if pending:
+        out.append(f"{pending} cell(s) not done; `ablate resume` runs only those.")
     return out
 
 

@@ -195,3 +195,42 @@ def reason(table, base, winner, switch, rule, alpha, n, unit) -> str:
     )
     best = f"the best challenger, {top['config']}, wins {top['accuracy']:.1%} against it on {n} prompts"
     return f"Keep {base}: {best}; {why}."
+
+
+def winner_writes(verdict, gen_table: pd.DataFrame, win_rule: bool) -> list[str]:
+    """When the held-out winner's answers do not beat the baseline's, say so."""
+    w = verdict.comparisons.set_index("config").loc[verdict.winner] if verdict and verdict.switch else None
+    if w is None or win_rule or w["config_id"] not in set(gen_table["config_id"]):
+        return []
+    g = gen_table.set_index("config_id").loc[w["config_id"]]
+    if g["win_rate"] == g["win_rate"] and g["win_low"] <= 0.5:
+        return [
+            f"The winner's answers win {g['win_rate']:.1%} [{g['win_low']:.2f}, {g['win_high']:.2f}] of the judged "
+            "prompts against the baseline's: its held-out gain does not show in what it writes."
+        ]
+    return []
+
+
+def report_lines(gens, table, judge, judgements, error) -> list[str]:
+    final = gens[gens["final"]]
+    out = [
+        f"Generations: {final['prompt_index'].nunique()} held-out prompts per cell; answers median "
+        f"{final['tokens'].median():.0f} tokens ({final['chars'].median():.0f} characters), "
+        f"{(final['finish'] == 'length').mean():.0%} stopped at max_new_tokens."
+    ]
+    if judge and error:
+        out.append(f"JUDGE FAILED ({judge['name']}): {error}. The cells are kept; `ablate resume` judges again.")
+    elif judge and judgements is not None and not judgements.empty:
+        out.append(
+            f"Judge: {judge['name']}; win rate = share of prompts on which it prefers the configuration's answer to "
+            "the baseline's (ties ½), over every seed pair; LC win = at equal answer lengths (logistic adjustment)."
+        )
+    why = {
+        "collapsed": f"median seq-rep-4 above {COLLAPSE_REPETITION} or answers shrinking below "
+        f"{SHRINK:.0%} of their first length across evals",
+        "verbose": f"median length ≥ {VERBOSE_LENGTH}× the baseline's, win rate not above 50%",
+    }
+    for flag in why:
+        if table[flag].any():
+            out.append(f"{int(table[flag].sum())} configuration(s) {flag}: {why[flag]}.")
+    return out

@@ -21,6 +21,7 @@ import torch
 
 from ..config import CellConfig, Runtime
 from ..results import storage
+from ..results.lock import LOCK
 from ..results.storage import UNTRAINED, Store
 from ..schema import ModelSpec
 from .checkpoint import Checkpointer
@@ -100,10 +101,15 @@ class StopRequested(BaseException):
 class Heartbeat:
     """Keeps running/<cell id>.json fresh so `ablate status` can tell a training cell from a dead one, and
     watches for the driver's STOP marker. Progress is written at most once a second, the marker at least
-    every HEARTBEAT_S; STOP is looked for every second (every 5 s on an object store: one request each)."""
+    every HEARTBEAT_S; STOP is looked for every second (every 5 s on an object store: one request each).
 
-    def __init__(self, store: Store, cell_id: str, info: dict):
-        self.store, self.cell_id, self.info = store, cell_id, dict(info)
+    It also watches the results lock: a worker can outlive its killed driver for a few seconds (longer on a
+    shared cluster), and once another driver holds the lock this cell is an orphan. It then writes nothing
+    more (no marker, no checkpoint, no result) and ends as if stopped: the new driver trains it."""
+
+    def __init__(self, store: Store, cell_id: str, info: dict, run_token: str | None = None):
+        self.store, self.cell_id, self.info, self.run_token = store, cell_id, dict(info), run_token
+        self.orphaned = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"heartbeat-{cell_id}")
         self._written, self._changed = 0.0, False
@@ -119,6 +125,10 @@ class Heartbeat:
         self._looked = time.time()
         try:
             self.stop_requested = self.stop_requested or self.store.exists(storage.STOP)
+            if self.run_token and not self.orphaned:
+                holder = self.store.read_json(LOCK)
+                self.orphaned = isinstance(holder, dict) and holder.get("token") not in (None, self.run_token)
+                self.stop_requested = self.stop_requested or self.orphaned
         except OSError:
             pass  # a transient store error; the next look retries
 
@@ -130,7 +140,7 @@ class Heartbeat:
         self._changed = True
 
     def _write(self) -> None:
-        if self._stop.is_set():  # never resurrect a marker after stop() removed it
+        if self._stop.is_set() or self.orphaned:  # never resurrect a marker after stop() removed it
             return
         self._changed, self._written = False, time.time()
         try:
@@ -140,14 +150,16 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(1.0):
+            if time.time() - self._looked >= self._look_every:  # first: an orphan must not write once more
+                self._look_for_stop()
             if self._changed or time.time() - self._written >= storage.HEARTBEAT_S:
                 self._write()
-            if time.time() - self._looked >= self._look_every:
-                self._look_for_stop()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.orphaned:  # the marker, if any, is the new driver's now
+            return
         try:
             storage.clear_running(self.store, self.cell_id)
         except OSError:
@@ -176,6 +188,8 @@ class _Hooks:
     def after_step(self, recipe: Recipe, state: TrainState, total_steps: int) -> None:
         if self.gen:  # generations at held-out evals go into the state, so a checkpoint keeps them
             self.gen.after_step(recipe, state)
+        if self.beat.orphaned:  # another driver owns the results now: not even a checkpoint
+            raise StopRequested
         if state.step < total_steps and not state.stopped_early and self.checkpoint.due(state.step):
             self.checkpoint.save(recipe, state)
         self.beat.progress(state.step, total_steps, state.train_log[-1] if state.train_log else None)
@@ -243,7 +257,8 @@ def run_cell(
         "node_id": node,
         "started_at": time.time(),
     }
-    beat = Heartbeat(store, cell_id, {**storage.host_info(), "node_id": node, "started": time.time()}).start()
+    info = {**storage.host_info(), "node_id": node, "started": time.time()}
+    beat = Heartbeat(store, cell_id, info, runtime.run_token).start()
     ckpt = Checkpointer(store, cell_id, runtime.checkpoint_every_steps)
     staged: list[Path] = []
 
