@@ -101,6 +101,7 @@ class Runtime:
     checkpoint_every_steps: int | None = None
     max_oom_retries: int = 2
     eval_batch_size: int | None = None  # halved with the micro-batch after an OOM; None: the recipe's
+    keep_base: bool = False  # a long-lived trainer keeps the base model and data between cells (worker/bases.py)
     run_token: str | None = None  # the results lock of the driver that launched the cell (worker/cell.py)
 
     @property

@@ -327,6 +327,14 @@ class ResourceSpec(Strict):
     # Stop the run when this many cells failed with the same error before any succeeded (a broken setup);
     # `off` (YAML reads it as false) runs every cell regardless. Read by the runner; not part of a cell id.
     fail_fast: int | None = Field(2, ge=1, le=1_000_000, description="identical failures that stop a run, or off")
+    # How cells reach Ray (never part of a cell id): `auto` trains them one after another on long-lived trainer
+    # actors, one per slot, that keep the base model loaded; `off` runs each cell as a Ray task of its own.
+    actors: Literal["auto", "off"] = "auto"
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false
 
     @field_validator("gpus_per_cell")
     @classmethod

@@ -461,6 +461,7 @@ def worker_ablate(job: dict) -> dict:
         cj = results / "cells" / rec["cell_id"] / "cell.json"
         info = json.loads(cj.read_text()) if cj.is_file() else {}
         rec["reference_seconds"] = info.get("reference_seconds")
+        rec["setup_seconds"], rec["kept_base"] = info.get("setup_seconds"), info.get("kept_base")
         clean = {}
         for k, v in rec.items():
             v = v.item() if hasattr(v, "item") else v  # numpy scalars
@@ -699,7 +700,17 @@ def build_model_dir(spec: dict, dtype: str, path: Path):
 
 
 def write_matrix(
-    path: Path, name: str, model: str, dtype: str, data: dict, P: dict, objectives, ranks, steps: int, resources: dict
+    path: Path,
+    name: str,
+    model: str,
+    dtype: str,
+    data: dict,
+    P: dict,
+    objectives,
+    ranks,
+    steps: int,
+    resources: dict,
+    seeds=(SEED,),
 ) -> None:
     import yaml
 
@@ -719,9 +730,10 @@ def write_matrix(
             "eval_batch_size": P["eval_batch_size"],
             "lora": {"alpha_over_rank": ALPHA_OVER_RANK, "dropout": 0.0, "targets": TARGETS},
         },
-        "matrix": {"objective": list(objectives), "lora_rank": list(ranks), "seed": [SEED]},
+        "matrix": {"objective": list(objectives), "lora_rank": list(ranks), "seed": list(seeds)},
         "objectives": {"dpo": {"beta": P["beta_dpo"]}, "simpo": {"beta": P["beta_simpo"], "gamma": P["gamma"]}},
         "resources": resources,
+        "decision": {"baseline": {"objective": objectives[0], "lora_rank": ranks[0]}, "replicate": "off"},
     }
     path.write_text(yaml.safe_dump(m, sort_keys=False, allow_unicode=True))
 
@@ -772,6 +784,165 @@ def fmt(x, spec=".1f"):
     return "–" if x is None else format(x, spec)
 
 
+# ---------------------------------------------------------------------------------------------
+# Matrices: ablate (one process per run, each way of running cells) against TRL's runs in one process
+
+MATRICES = {"2x2": dict(ranks=(16, 8), seeds=(SEED,)), "8-cell": dict(ranks=(16, 8), seeds=(SEED, SEED + 1))}
+# How ablate runs the cells (resources fields; none of them is part of a cell id)
+MODES = {
+    "off": {"actors": "off"},  # a Ray task per cell (ablate before issue #14)
+    "auto": {"actors": "auto"},  # long-lived trainer actors, one per slot
+}
+MODE_NAMES = {"off": "a Ray task per cell (actors: off)", "auto": "trainer actors (actors: auto)"}
+
+
+def run_matrices(a, work: Path, env: dict, model_path: str, P: dict, data: dict, steps: int, res_m: dict,
+                 base_job: dict, knobs: dict) -> dict:  # fmt: skip
+    """Each matrix size, `--matrix-repeats` times, the systems side by side within each repeat (ablate in each
+    mode, then TRL's runs in one process; for 2x2 in the first repeat also TRL with a process per run).
+    Replication is off, so ablate trains exactly the cells TRL does."""
+    modes = [m for m in a.ablate_modes.split(",") if m]
+    out: dict = {}
+    for size in [x for x in a.matrices.split(",") if x]:
+        ranks, seeds = MATRICES[size]["ranks"], MATRICES[size]["seeds"]
+        n_cells = 2 * len(ranks) * len(seeds)
+        trl_jobs = [
+            {**base_job, **knobs[o], "objective": o, "rank": r, "seed": sd, "evaluate": True}
+            for o in ("dpo", "simpo")
+            for r in ranks
+            for sd in seeds
+        ]
+        rec: dict = {"cells": n_cells, "ablate": {m: [] for m in modes}, "ablate_runs": {m: [] for m in modes},
+                     "trl_one_process": [], "trl_processes": [], "ablate_resources": res_m}  # fmt: skip
+        for rep in range(a.matrix_repeats):
+            for mode in modes:
+                name = f"m{size.replace('-', '')}-{mode}-{rep}"
+                write_matrix(work / f"{name}.yaml", name, model_path, P["dtype"], data, P, ["dpo", "simpo"], ranks,
+                             steps, {**res_m, **MODES[mode]}, seeds=seeds)  # fmt: skip
+                ab, wall = spawn(
+                    "ablate", {"matrix": str(work / f"{name}.yaml"), "results": str(work / "results"), "name": name},
+                    work, env,
+                )  # fmt: skip
+                bad = [c for c in ab["cells"] if c["status"] != "done"]
+                if bad or len(ab["cells"]) != n_cells:
+                    raise SystemExit(f"ablate {size} ({mode}): {len(bad)} failed of {len(ab['cells'])}: {bad[:1]}")
+                rec["ablate"][mode].append(wall)
+                rec["ablate_runs"][mode].append({
+                    "process_seconds": wall,
+                    "api_run_seconds": ab["run_seconds"],
+                    "train_seconds": sum(c["train_seconds"] for c in ab["cells"]),
+                    "setup_seconds": sum(c.get("setup_seconds") or 0.0 for c in ab["cells"]),
+                    "kept_base": sum(bool(c.get("kept_base")) for c in ab["cells"]),
+                })  # fmt: skip
+                print(f"matrix {size} run {rep + 1}: ablate {mode} {wall:.1f}s", flush=True)
+            _, trl_one = spawn("trl-seq", {"jobs": trl_jobs}, work, env)
+            rec["trl_one_process"].append(trl_one)
+            print(f"matrix {size} run {rep + 1}: TRL, {n_cells} runs in one process {trl_one:.1f}s", flush=True)
+            if size == "2x2" and rep == 0 and not a.skip_trl_processes:
+                total = 0.0
+                for job in trl_jobs:
+                    total += spawn("trl", job, work, env)[1]
+                rec["trl_processes"].append(total)
+                print(f"matrix {size}: TRL, a process per run {total:.1f}s", flush=True)
+        rec["ratio_vs_one_process"] = {
+            m: [w / t for w, t in zip(rec["ablate"][m], rec["trl_one_process"])] for m in modes
+        }
+        out[size] = rec
+    return out
+
+
+def _span(xs: list[float], spec: str = ".1f") -> str:
+    if not xs:
+        return "–"
+    lo, hi = min(xs), max(xs)
+    return format(lo, spec) if f"{lo:{spec}}" == f"{hi:{spec}}" else f"{lo:{spec}}–{hi:{spec}}"
+
+
+def matrix_markdown(mxs: dict) -> str:
+    lines = [
+        "| matrix | system | wall time (s), min–max | vs TRL in one process (per repeat) |",
+        "|---|---|---:|---:|",
+    ]
+    for size, mx in mxs.items():
+        label = f"{size} ({mx['cells']} cells)"
+        for mode, walls in mx["ablate"].items():
+            lines.append(
+                f"| {label} | ablate, {MODE_NAMES.get(mode, mode)} | {_span(walls)} | "
+                f"{_span(mx['ratio_vs_one_process'][mode], '.2f')}× |"
+            )
+        lines.append(f"| {label} | TRL, {mx['cells']} runs in one process | {_span(mx['trl_one_process'])} | 1.00× |")
+        if mx.get("trl_processes"):
+            lines.append(f"| {label} | TRL, a process per run | {_span(mx['trl_processes'])} | – |")
+    return "\n".join(lines)
+
+
+def worker_objectives(job: dict) -> dict:
+    """Where the training loop's time goes for DPO and SimPO (ablate's own Recipe.train, phases timed by wrapping
+    the recipe's collate, forward, loss, backward, clip and optimizer calls; DPO with its reference precomputed,
+    as in a matrix). Each objective trains `repeats` times alternately; the fastest run is kept."""
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import ablate.worker.recipe as R
+    from ablate.cluster.runner import runtime_for
+    from ablate.matrix.plan import make_plan
+
+    plan = make_plan(job["matrix"], results=job["results"])
+    rt = runtime_for(plan.spec)
+    cells = {c.config.objective: c.config for c in plan.cells}
+    ref = R.reference_logps(cells["dpo"], plan.spec.model, plan.train_rows, plan.heldout_rows, rt)
+    dev = R.device_for(rt)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)  # noqa: E731
+
+    class NoHooks:
+        def before_batch(self, micro):
+            pass
+
+        def after_step(self, recipe, state, total):
+            pass
+
+    best: dict = {}
+    for _ in range(job["repeats"]):
+        for obj in ("dpo", "simpo"):
+            r = R.Recipe(cells[obj], plan.spec.model, rt).setup(plan.train_rows, plan.heldout_rows, ref)
+            phases: dict = {}
+
+            def timed(name, fn):
+                def run(*args, **kw):
+                    sync()
+                    t = time.perf_counter()
+                    out = fn(*args, **kw)
+                    sync()
+                    phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
+                    return out
+
+                return run
+
+            saved = (R.collate, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_)
+            r.policy, r.loss, r.opt.step = (
+                timed("forward", r.policy),
+                timed("loss", r.loss),
+                timed("optimizer", r.opt.step),
+            )
+            R.collate, torch.Tensor.backward = timed("collate", R.collate), timed("backward", torch.Tensor.backward)
+            torch.nn.utils.clip_grad_norm_ = timed("clip", torch.nn.utils.clip_grad_norm_)
+            try:
+                sync()
+                t0 = time.perf_counter()
+                state = r.train(R.TrainState(), NoHooks())
+                sync()
+                total = time.perf_counter() - t0
+            finally:
+                R.collate, torch.Tensor.backward, torch.nn.utils.clip_grad_norm_ = saved
+            phases["other"] = total - sum(phases.values())
+            if obj not in best or total < best[obj]["seconds"]:
+                best[obj] = {"seconds": total, "tokens": state.tokens, "steps": state.step, "phases": phases}
+    return best
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -787,10 +958,16 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-cells", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--matrix-gpus-per-cell", type=float, help="ablate resources.gpus_per_cell in the matrix run")
+    ap.add_argument("--matrices", default="2x2,8-cell", help="matrix sizes to time: 2x2 (4 cells), 8-cell (+ 2 seeds)")
+    ap.add_argument("--ablate-modes", default=",".join(MODES), help=f"how ablate runs cells, any of {list(MODES)}")
+    ap.add_argument("--matrix-repeats", type=int, default=2, help="runs of each matrix per system (ranges reported)")
+    ap.add_argument("--skip-trl-processes", action="store_true", help="no 2x2 TRL run with a process per cell")
     ap.add_argument("--out", default=str(HERE / "results"), help="folder for the JSON (default bench/results)")
     ap.add_argument("--tag", default="", help="suffix for the JSON file name")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work folder")
-    ap.add_argument("--worker", choices=["trl", "trl-seq", "ablate", "peak", "profile"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["trl", "trl-seq", "ablate", "peak", "profile", "objectives"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -803,6 +980,7 @@ def main(argv=None) -> int:
             "ablate": worker_ablate,
             "peak": worker_peak,
             "profile": worker_profile,
+            "objectives": worker_objectives,
         }[a.worker](job)
         Path(a.result).write_text(json.dumps(res, default=str))
         return 0
@@ -963,6 +1141,28 @@ def main(argv=None) -> int:
             profile = {"error": str(e)}
             print(f"profile failed (ablate internals moved?): {e}", flush=True)
 
+        # The training loop of a DPO and a SimPO cell, phase by phase (ablate's own Recipe): what SimPO spends that
+        # DPO does not, if anything.
+        write_matrix(work / "objectives.yaml", "objectives", model_path, P["dtype"], data, P, ["dpo", "simpo"], [16],
+                     steps, res_cell)  # fmt: skip
+        try:
+            objective_profile, _ = spawn(
+                "objectives",
+                {"matrix": str(work / "objectives.yaml"), "results": str(work / "results-objectives"),
+                 "threads": threads, "repeats": 3},
+                work, env,
+            )  # fmt: skip
+            print(
+                "loop profile: "
+                + "; ".join(
+                    f"{o} {v['seconds']:.2f}s (" + ", ".join(f"{k} {x:.2f}" for k, x in v["phases"].items()) + ")"
+                    for o, v in objective_profile.items()
+                ),
+                flush=True,
+            )
+        except SystemExit as e:
+            objective_profile = {"error": str(e)}
+
         rows = []
         if not a.skip_cells:
             for objective in ("dpo", "simpo"):
@@ -1061,58 +1261,7 @@ def main(argv=None) -> int:
                 "cpus_per_cell": 1 if device == "cpu" else max(1, threads // 4),
                 "gpus_per_cell": gpc if device == "cuda" else 0,
             }
-            write_matrix(
-                work / "matrix.yaml", "matrix", model_path, P["dtype"], data, P, ["dpo", "simpo"], [16, 8], steps, res_m
-            )
-            print("matrix: ablate (one api.run) ...", flush=True)
-            ab, ab_wall = spawn(
-                "ablate",
-                {"matrix": str(work / "matrix.yaml"), "results": str(work / "results"), "name": "matrix"},
-                work,
-                env,
-            )
-            bad = [c for c in ab["cells"] if c["status"] != "done"]
-            if bad:
-                raise SystemExit(f"ablate matrix: {len(bad)} cell(s) failed: {bad[0].get('error')}")
-            # TRL runs use the per-cell thread count (1 on CPU): on a small shared CPU, 2 OpenMP threads per run
-            # made TRL's training 10-20x slower in trials, which would flatter ablate.
-            trl_jobs = [
-                {**base_job, **knobs[o], "objective": o, "rank": r, "evaluate": True}
-                for o in ("dpo", "simpo")
-                for r in (16, 8)
-            ]
-            trl_runs, trl_wall = [], 0.0
-            for job in trl_jobs:
-                print(f"matrix: TRL {job['objective']} r{job['rank']} (own process) ...", flush=True)
-                tr, w = spawn("trl", job, work, env)
-                trl_runs.append(
-                    {
-                        "objective": job["objective"],
-                        "rank": job["rank"],
-                        "process_seconds": w,
-                        "train_seconds": tr["train_seconds"],
-                    }
-                )
-                trl_wall += w
-            print("matrix: TRL, the four runs in one process ...", flush=True)
-            _, trl_one = spawn("trl-seq", {"jobs": trl_jobs}, work, env)
-            matrix = {
-                "ablate_seconds": ab_wall,
-                "ablate_api_run_seconds": ab["run_seconds"],
-                "trl_seconds": trl_wall,
-                "ratio": ab_wall / trl_wall,
-                "trl_one_process_seconds": trl_one,
-                "ratio_vs_one_process": ab_wall / trl_one,
-                "ablate_resources": res_m,
-                "trl_runs": trl_runs,
-                "ablate_cells": [
-                    {
-                        k: c.get(k)
-                        for k in ("label", "train_seconds", "tokens_per_second", "peak_memory_mb", "heldout_accuracy")
-                    }
-                    for c in ab["cells"]
-                ],
-            }
+            matrix = run_matrices(a, work, env, model_path, P, data, steps, res_m, base_job, knobs)
 
         # Report
         date = _dt.date.today().isoformat()
@@ -1142,6 +1291,7 @@ def main(argv=None) -> int:
             "cells": rows,
             "matrix": matrix,
             "profile": profile,
+            "objective_profile": objective_profile,
         }
         tol = 1e-5 if P["dtype"] == "float32" else 1e-2  # bf16: TRL autocasts, ablate runs plain bf16
         targets = {}
@@ -1152,8 +1302,11 @@ def main(argv=None) -> int:
                 targets[f"{o} peak memory ≤ TRL"] = r["ratio_peak_memory"] <= 1.0
                 d = r["first_step_loss_abs_diff"]
                 targets[f"{o} first-step loss within {tol:g}"] = d is not None and d <= tol
-        if matrix:
-            targets["matrix wall time ≤ 0.5× TRL"] = matrix["ratio"] <= 0.5
+        for size, mx in (matrix or {}).items():
+            best = min(mx["ablate"], key=lambda mode: max(mx["ratio_vs_one_process"][mode]))
+            targets[f"{size} matrix wall ≤ 0.5× TRL in one process ({best})"] = (
+                max(mx["ratio_vs_one_process"][best]) <= 0.5
+            )
         out["targets"] = targets
         md = markdown(out)
         print()
@@ -1233,24 +1386,27 @@ def markdown(out: dict) -> str:
             f"positions only {ps['head_completion_only_fwd_bwd'] * 1e3:.1f} ms (completions are "
             f"{pr['completion_token_fraction']:.0%} of the tokens).",
         ]
+    op = out.get("objective_profile") or {}
+    if "dpo" in op and "simpo" in op:
+        keys = list(op["dpo"]["phases"])
+        lines += [
+            "",
+            f"| training loop ({op['dpo']['steps']} steps, reference precomputed) | seconds | "
+            + " | ".join(keys)
+            + " |",
+            "|---|---:|" + "---:|" * len(keys),
+        ]
+        for o in ("dpo", "simpo"):
+            v = op[o]
+            lines.append(
+                f"| ablate {o} | {v['seconds']:.2f} | " + " | ".join(f"{v['phases'][k]:.3f}" for k in keys) + " |"
+            )
     tg = out.get("targets") or {}
     if tg:
         lines += ["", "Targets: " + "; ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in tg.items()) + "."]
-    mx = out.get("matrix")
-    if mx:
-        lines += [
-            "",
-            "| 2×2 matrix (DPO/SimPO × r16/r8) | wall time (s) | ratio |",
-            "|---|---:|---:|",
-            f"| ablate (`ablate.api.run`, Ray; gpus_per_cell {mx['ablate_resources']['gpus_per_cell']}, "
-            f"cpus_per_cell {mx['ablate_resources']['cpus_per_cell']}) | {mx['ablate_seconds']:.1f} | {mx['ratio']:.2f}× |",
-            f"| TRL, 4 runs one after another (a process each) | {mx['trl_seconds']:.1f} | 1.00× |",
-        ]
-        if mx.get("trl_one_process_seconds"):
-            lines += [
-                f"| TRL, 4 runs one after another in one process (imports paid once) | {mx['trl_one_process_seconds']:.1f} "
-                f"| ablate {mx['ratio_vs_one_process']:.2f}× of this |"
-            ]
+    mxs = out.get("matrix") or {}
+    if mxs:
+        lines += ["", matrix_markdown(mxs)]
     return "\n".join(lines)
 
 

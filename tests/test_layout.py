@@ -27,7 +27,8 @@ LAYERS = [
 # Same-layer packages that must never import each other: the worker is only reached through Ray tasks.
 APART = [("ablate.matrix", "ablate.worker"), ("ablate.verdict", "ablate.worker"), ("ablate.verdict", "ablate.matrix")]
 # imported inside the remote functions, on workers
-RAY_TASKS = {("ablate.cluster.runner", "ablate.worker.cell"), ("ablate.cluster.judging", "ablate.worker.reward")}
+RAY_TASKS = {("ablate.cluster.trainers", "ablate.worker.cell"), ("ablate.cluster.trainers", "ablate.worker.bases"),
+             ("ablate.cluster.judging", "ablate.worker.reward")}  # fmt: skip
 
 
 def module_name(path: Path) -> str:

@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 from ..matrix.plan import Plan
 from ..results.collect import collect, read_judgements
+from ..schema import RewardModelJudge
 from ..verdict.decide import decide
 from ..verdict.winrate import win_pairs
 from . import runner  # looked up at call time, so a test's patch of runner.run_plan applies here too
 from .judging import judge_matrix
 from .runner import Callback
+from .trainers import Session
 
 OnReplicate = Callable[[list, str], None]
 
@@ -60,15 +62,21 @@ def run_matrix(
     """Train every cell not yet done, then the seeds adaptive replication asks for (at most one round); with a
     judge, judge the generations after each round (a win-rate decision needs the first round's verdicts). The
     same `progress` (results/progress.py) sees both rounds, so the live view's total grows with the new cells."""
+    session = Session()  # both rounds train on the same warm actors
     kw = dict(address=address, on_start=on_start, on_done=on_done, num_cpus=num_cpus, progress=progress)
-    finished = runner.run_plan(plan, **kw)
-    judge_matrix(plan, address, num_cpus)
-    more, why = replication_request(plan)
-    if not more:
-        return finished
-    added = plan.add_seeds(more, why)
-    if on_replicate:
-        on_replicate(added, why)
-    finished += runner.run_plan(plan, **kw)
+    try:
+        finished = runner.run_plan(plan, **kw, session=session)
+        if isinstance(plan.spec.judge, RewardModelJudge):  # its scoring task needs the slots the actors hold
+            session.close()
+        judge_matrix(plan, address, num_cpus)
+        more, why = replication_request(plan)
+        if not more:
+            return finished
+        added = plan.add_seeds(more, why)
+        if on_replicate:
+            on_replicate(added, why)
+        finished += runner.run_plan(plan, **kw, session=session)
+    finally:
+        session.close()
     judge_matrix(plan, address, num_cpus)
     return finished

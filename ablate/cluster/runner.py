@@ -1,8 +1,10 @@
-"""Run a plan's unfinished cells as Ray tasks: local in-process Ray by default, or an existing cluster.
+"""Run a plan's unfinished cells on Ray: local in-process Ray by default, or an existing cluster.
 
 Finished cells (DONE under their content-hashed id) are skipped, so a second run trains nothing and a
-re-run after failures trains only what is missing. One driver per results directory (lock.py). DPO's
-reference log-probs are one Ray task whose result every DPO cell takes as an argument.
+re-run after failures trains only what is missing. One driver per results directory (lock.py). Cells run on
+long-lived trainer actors that keep the base model loaded, or with `resources.actors: off` as one Ray task each
+(cluster/trainers.py). DPO's reference log-probs are computed once, before the cells that need them, and every
+DPO cell takes them as an argument.
 
 A run stops early on Ctrl-C / SIGTERM, on `resources.fail_fast` identical failures before any success, or
 when the results cannot be written; each way the unfinished cells are asked to stop through the results
@@ -17,7 +19,7 @@ import re
 import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import objectives
 from ..config import Runtime
@@ -27,41 +29,9 @@ from ..results import storage
 from ..results.lock import ResultsLock
 from ..results.storage import HEARTBEAT_S
 from ..schema import RUNTIME_FIELDS, MatrixSpec, ResourceSpec
+from . import trainers
 
 Callback = Callable[[dict], None]
-
-
-def _quiet_torch(threads: int) -> None:
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    torch.set_num_threads(max(1, threads))
-
-
-def _cell_task(cell, model_spec, train_rows, heldout_rows, results, runtime: Runtime, ref=None, hooks=None):
-    _quiet_torch(runtime.threads)
-    from ..worker.cell import run_cell
-
-    # Fault hooks for the tests (ABLATE_TEST_*), set for this one cell: a worker serves many tasks.
-    saved = {k: os.environ.get(k) for k in hooks or {}}
-    os.environ.update(hooks or {})
-    try:
-        return run_cell(cell, model_spec, train_rows, heldout_rows, results, runtime, ref)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
-
-
-def _reference_task(results, cell, model_spec, train_rows, heldout_rows, runtime: Runtime):
-    _quiet_torch(runtime.threads)
-    from ..worker.cell import shared_reference
-
-    return shared_reference(results, cell, model_spec, train_rows, heldout_rows, runtime)
 
 
 def runtime_for(spec: MatrixSpec) -> Runtime:
@@ -111,6 +81,16 @@ def task_resources(res: ResourceSpec) -> dict:
     return opts
 
 
+def _wants(res: ResourceSpec) -> dict[str, float]:
+    """One cell's request as Ray node resources."""
+    want = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell, **res.custom}
+    if res.memory_gb:
+        want["memory"] = res.memory_gb * 2**30
+    if res.accelerator_type:
+        want[f"accelerator_type:{res.accelerator_type}"] = 0.001
+    return {k: v for k, v in want.items() if v}
+
+
 def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
     """Fail within seconds, naming the field, if no node of the cluster could ever run one cell. On a
     cluster, nodes still joining get `wait_s` seconds (ABLATE_NODE_WAIT_S, default 30) to appear."""
@@ -118,12 +98,7 @@ def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
 
     import ray
 
-    want = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell, **res.custom}
-    if res.memory_gb:
-        want["memory"] = res.memory_gb * 2**30
-    if res.accelerator_type:
-        want[f"accelerator_type:{res.accelerator_type}"] = 0.001
-    want = {k: v for k, v in want.items() if v}
+    want = _wants(res)
     deadline = time.monotonic() + wait_s
     while True:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
@@ -182,9 +157,11 @@ def run_plan(
     on_done: Callback | None = None,
     num_cpus: int | None = None,
     progress: Progress | None = None,
+    session: trainers.Session | None = None,
 ) -> list[dict]:
     """Train every cell not yet done; return the cell.json of each cell run now. Call it again with more
-    cells (a plan with added seeds) and the same `progress` to grow the live view's total."""
+    cells (a plan with added seeds) and the same `progress` to grow the live view's total, and the same
+    `session` to train them on the same warm trainer actors (the caller closes it)."""
     with ResultsLock(plan.results) as lock:
         try:
             # Under the lock no other driver is training here, so a running/ marker and a cells/.tmp-* staging
@@ -204,7 +181,7 @@ def run_plan(
         if not todo:
             return []
         with _sigterm_as_interrupt():
-            finished = _run_cells(plan, todo, address, on_done, num_cpus, lock, progress)
+            finished = _run_cells(plan, todo, address, on_done, num_cpus, lock, progress, session)
         _clear_markers(plan, done=[o["id"] for o in finished if o["status"] == "done"])
         return finished
 
@@ -256,7 +233,9 @@ def _test_hooks() -> dict | None:
     return {k: v for k, v in os.environ.items() if k.startswith("ABLATE_TEST_")} or None
 
 
-def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, progress=None) -> list[dict]:
+def _run_cells(
+    plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, progress=None, session=None
+) -> list[dict]:
     import ray
 
     init_ray(address, num_cpus)
@@ -264,34 +243,59 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
     on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
     check_schedulable(res, float(os.environ.get("ABLATE_NODE_WAIT_S", 30)) if on_cluster else 0.0)
     opts = dict(task_resources(res), max_retries=res.max_retries, retry_exceptions=False)
-    task = ray.remote(_cell_task).options(name="ablate-cell", **opts)
-    train_ref, held_ref = ray.put(plan.train_rows), ray.put(plan.heldout_rows)
+    launch = session.launch if session is not None and session.launch is not None else None
+    if launch is None or launch.plan is not plan:
+        launch = trainers.launcher(plan, opts)
+        if session is not None:
+            session.close()
+            session.launch = launch
+    launch.grow(min(len(todo), trainers.slots(_wants(res))))  # never more actors than cells
     model_spec, results = plan.spec.model, plan.results.uri
     runtime = runtime_for(plan.spec).with_(run_token=lock.token)  # a cell outliving this driver stops itself
     hooks = _test_hooks()
 
-    references = {}  # one reference task per distinct (model, data, lengths): usually exactly one
+    # One reference job per distinct (model, data, lengths), usually exactly one, first in the queue; also when no
+    # cell needs it: the report's `base (untrained)` row reads it.
+    firsts: dict = {}
     for c in todo:
-        key = c.config.reference_key(runtime)
-        if key not in references:  # also when no cell needs it: the report's `base (untrained)` row reads it
-            references[key] = (
-                ray.remote(_reference_task)
-                .options(name="ablate-reference", **opts)
-                .remote(results, c.config, model_spec, train_ref, held_ref, runtime)
-            )
-
-    refs = {}
-    for c in todo:
-        shared = (
-            references.get(c.config.reference_key(runtime)) if objectives.get(c.config.objective).reference else None
-        )
-        refs[task.remote(c.config, model_spec, train_ref, held_ref, results, runtime, shared, hooks)] = c
+        firsts.setdefault(c.config.reference_key(runtime), c)
+    queue: list[tuple[str, Any]] = [("reference", c) for c in firsts.values()] + [("cell", c) for c in todo]
+    references: dict[str, object] = {}  # reference key -> its object ref
+    ready_refs: set = set()
+    jobs: dict = {}  # object ref -> its queue item
+    refs: dict = {}  # object ref of a cell -> the cell
+    lost: Counter = Counter()  # (kind, cell id) -> times its trainer actor was lost under it
     finished: list[dict] = []
-    pending = [*refs, *references.values()]
+    pending: list = []
     failures: Counter = Counter()  # failure signature -> cells that failed so
     succeeded = False  # once a cell of this run is done the setup works: a later failure is the cell's own
+
+    def waits(item) -> bool:  # a cell whose reference is still being computed (actors start other cells first)
+        c = item[1]
+        key = c.config.reference_key(runtime)
+        return item[0] == "cell" and objectives.get(c.config.objective).reference and references[key] not in ready_refs
+
+    def retry(item) -> bool:  # as Ray retries a task whose worker was lost, unless the cell published first
+        kind, c = item
+        return lost[kind, c.id] < res.max_retries and (
+            kind == "reference" or storage.cell_status(plan.results, c.id) != "done"
+        )
+
+    ok = False
     try:
-        while pending:
+        while pending or queue:
+            while queue and launch.free():
+                i = next((j for j, item in enumerate(queue) if not waits(item)), 0) if launch.actors else 0
+                kind, c = queue.pop(i)
+                key = c.config.reference_key(runtime)
+                if kind == "reference":
+                    references[key] = ref = launch.reference(results, c.config, model_spec, runtime)
+                else:
+                    shared = references[key] if objectives.get(c.config.objective).reference else None
+                    ref = launch.cell(c.config, model_spec, results, runtime, shared, hooks)
+                    refs[ref] = c
+                jobs[ref] = (kind, c)
+                pending.append(ref)
             # A short wait when a live view is watching: it reads the heartbeats about once a second.
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0 if progress is not None else HEARTBEAT_S)
             if lock.lost:
@@ -302,7 +306,13 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
                     ]
                 )
             for ref in ready:
-                if ref not in refs:  # a reference task: its cells get it directly; a failure fails them, not this
+                item = jobs.pop(ref)
+                if launch.done(ref) and retry(item):  # its trainer actor was lost, and replaced: go again
+                    lost[item[0], item[1].id] += 1
+                    queue.insert(0, item)
+                    continue
+                if ref not in refs:  # a reference job: its cells get it directly; a failure fails them, not this
+                    ready_refs.add(ref)
                     continue
                 out = _outcome(plan, refs[ref], ref)
                 if out["status"] == "stopped":  # a STOP left by an earlier driver: the cell stays pending
@@ -316,10 +326,12 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
                 if out["status"] == "failed" and not succeeded and res.fail_fast:
                     sig = failure_signature(out)
                     failures[sig] += 1
-                    if failures[sig] >= res.fail_fast and pending:
-                        raise _fail_fast(plan, [o for o in finished if o["status"] == "failed"], sig, len(pending))
+                    left = len(pending) + len(queue)
+                    if failures[sig] >= res.fail_fast and left:
+                        raise _fail_fast(plan, [o for o in finished if o["status"] == "failed"], sig, left)
             if progress is not None:
                 progress.tick()
+        ok = True
     except (KeyboardInterrupt, UserError):  # Ctrl-C / SIGTERM, fail fast, unwritable results, a lost lock
         _stop(plan, pending)
         for c in todo:  # cells that could not stop in time leave a marker; it must not read as running
@@ -328,6 +340,11 @@ def _run_cells(plan: Plan, todo, address, on_done, num_cpus, lock: ResultsLock, 
             except OSError:
                 pass  # read-only results: the markers go stale by themselves
         raise
+    finally:
+        if session is None or not ok:  # a stopped or failed run keeps nothing
+            launch.close()
+            if session is not None:
+                session.launch = None
     return finished
 
 
@@ -345,13 +362,16 @@ def _outcome(plan: Plan, cell, ref) -> dict:
             if storage.cell_status(plan.results, cell.id) == "done":  # it published, then its worker died
                 return {**(storage.read_cell_json(plan.results, cell.id) or {}), "label": cell.label}
             cause = getattr(e, "cause", None) or e
+            error_type, error = type(cause).__name__, (str(cause).splitlines() or [""])[0]
+            if isinstance(e, ray.exceptions.RayActorError):  # a trainer actor lost while training it: as a task's
+                error_type, error = "WorkerCrashedError", f"the trainer's worker died ({error_type}: {error})"
             out = {
                 "id": cell.id,
                 "params": cell.params,
                 "config": cell.config.to_json(),
                 "status": "failed",
-                "error_type": type(cause).__name__,
-                "error": (str(cause).splitlines() or [""])[0],
+                "error_type": error_type,
+                "error": error,
             }
             storage.publish_failure(plan.results, cell.id, out, f"{type(e).__name__}: {e}\n")
             storage.clear_running(plan.results, cell.id)  # its worker died before clearing it

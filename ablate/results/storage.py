@@ -248,6 +248,8 @@ def clean_staging(store: Store) -> list[str]:
         if d.is_dir() and not d.is_symlink():
             shutil.rmtree(d, ignore_errors=True)
             gone.append(d.name)
+    for f in store.local_path("checkpoints").glob(".*.tmp"):  # a checkpoint write its killed worker never renamed
+        f.unlink(missing_ok=True)
     return gone
 
 
@@ -286,6 +288,9 @@ def publish_cell(store: Store, cell_id: str, staging: Path) -> bool:
     """Publish a finished cell with DONE last, then drop its heartbeat and checkpoint."""
     ok = _publish(store, cell_id, staging, done=True)
     store.delete(checkpoint_key(cell_id))
+    if store.local:  # a checkpoint write an earlier, killed attempt left half done
+        for f in store.local_path("checkpoints").glob(f".{cell_id}.pt.*.tmp"):
+            f.unlink(missing_ok=True)
     return ok
 
 

@@ -211,19 +211,23 @@ def train_and_stage(
     beat: Heartbeat,
 ) -> CellResult:
     """Set up, train (from the last checkpoint if there is one) and evaluate; write the cell's files to staging."""
-    recipe = Recipe(cell, model_spec, runtime, micro_batch=micro).setup(train_rows, heldout_rows, ref)
-    state = checkpoint.restore(recipe)
-    resumed_from = state.step if state else None
-    gen = CellGeneration.maybe(cell, model_spec, heldout_rows)
-    state = recipe.train(state or TrainState(), _Hooks(checkpoint, beat, resumed_from is not None, gen))
-    result = recipe.finish(state, resumed_from)
-    (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
-    (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
-    result.pairs.to_parquet(staging / "pairs.parquet", index=False)
-    recipe.model.save_pretrained(str(staging / "adapter"))
-    if gen:  # last: the final generation may merge the adapter into the weights
-        result.summary.update(gen.finish(recipe, state, staging))
-    return result
+    recipe = Recipe(cell, model_spec, runtime, micro_batch=micro)
+    try:
+        recipe.setup(train_rows, heldout_rows, ref)
+        state = checkpoint.restore(recipe)
+        resumed_from = state.step if state else None
+        gen = CellGeneration.maybe(cell, model_spec, heldout_rows)
+        state = recipe.train(state or TrainState(), _Hooks(checkpoint, beat, resumed_from is not None, gen))
+        result = recipe.finish(state, resumed_from)
+        (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
+        (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
+        result.pairs.to_parquet(staging / "pairs.parquet", index=False)
+        recipe.model.save_pretrained(str(staging / "adapter"))
+        if gen:  # last: the final generation may merge the adapter into the weights
+            result.summary.update(gen.finish(recipe, state, staging))
+        return result
+    finally:  # done, failed, out of memory or stopped: a kept base goes back as it was (worker/bases.py)
+        recipe.release()
 
 
 def run_cell(

@@ -181,7 +181,7 @@ class CellGeneration:
     def maybe(cls, cell, model_spec, heldout_rows) -> CellGeneration | None:
         return cls(cell, model_spec, heldout_rows) if cell.generate is not None else None
 
-    def run(self, model, device, step: int, final: bool, adapter_dir=None) -> list[dict]:
+    def run(self, model, device, step: int, final: bool, adapter_dir=None, merge=None) -> list[dict]:
         s = self.settings
         seed = s.seed * 1_000_003 + self.cell.seed  # the same stream for every configuration of a seed
         eos = self.tok.eos_token_id
@@ -197,8 +197,8 @@ class CellGeneration:
             except Exception as e:  # noqa: BLE001 - vLLM is an accelerator, never a requirement
                 self.backend = f"hf (vLLM failed: {type(e).__name__})"
         if outs is None:
-            if final and hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()  # the adapter is saved; plain weights generate faster
+            if final and merge is not None:
+                model = merge()  # the adapter is saved; plain weights generate faster
             outs = generate_hf(model, self.ids, pad_id=self.tok.pad_token_id, eos_id=eos,
                                max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=seed,
                                batch_size=s.batch_size, device=device)  # fmt: skip
@@ -221,7 +221,9 @@ class CellGeneration:
         """The final generation (after the adapter is saved); writes generations.parquet, returns summary fields."""
         import pandas as pd
 
-        rows = state.generations + self.run(recipe.model, recipe.device, state.step, True, staging / "adapter")
+        rows = state.generations + self.run(
+            recipe.model, recipe.device, state.step, True, staging / "adapter", merge=recipe.merged
+        )
         pd.DataFrame(rows).to_parquet(staging / "generations.parquet", index=False)
         return {
             "generation_seconds": self.seconds,

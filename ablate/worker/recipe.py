@@ -27,6 +27,7 @@ from ..config import CellConfig, Runtime
 from ..inputs.models import load_model, load_tokenizer
 from ..inputs.tokenize import Pair, encode, equal_lengths
 from ..schema import ModelSpec
+from . import bases
 from .forward import Forward, collate
 from .losses import LogProbs, loss_for
 
@@ -79,6 +80,10 @@ def device_for(runtime: Runtime) -> torch.device:
 def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict]], data, truncate="none") -> tuple:
     """Tokenizer, encoded pairs per split and the base model: what the recipe and the reference pass share.
     `truncate="equal"` (POET) cuts the training pairs only: every cell is judged on the same held-out pairs."""
+    if runtime.keep_base:  # a long-lived trainer: the same objects as last cell (worker/bases.py)
+        tok = bases.tokenizer(model_spec)
+        pairs = {s: bases.encoded(s, r, tok, data, truncate, model_spec) for s, r in rows.items()}
+        return tok, pairs, bases.base_model(model_spec, device_for(runtime), runtime.attention)
     tok = load_tokenizer(model_spec)
     pairs = {s: encode(r, tok, data.max_length, data.prompt_budget, f"data.{s}") for s, r in rows.items()}
     if truncate == "equal" and "train" in pairs:
@@ -111,9 +116,14 @@ def reference_logps(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout
     tok, pairs, model = load_base(
         model_spec, runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
     )
-    fwd, bs = Forward(model.eval()), runtime.eval_batch_size or cell.train.eval_batch_size
-    device = device_for(runtime)
-    return {s: all_logps(fwd, ps, bs, tok.pad_token_id, device, runtime.shares_prompt) for s, ps in pairs.items()}
+    loan = bases.lend(model) if runtime.keep_base else None
+    try:
+        fwd, bs = Forward(model.eval()), runtime.eval_batch_size or cell.train.eval_batch_size
+        device = device_for(runtime)
+        return {s: all_logps(fwd, ps, bs, tok.pad_token_id, device, runtime.shares_prompt) for s, ps in pairs.items()}
+    finally:
+        if loan is not None:
+            loan.give_back(model)
 
 
 def _sides(total, avg, n, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
@@ -186,6 +196,7 @@ class Recipe:
         from transformers import get_scheduler
 
         cell, t = self.cell, self.cell.train
+        t_setup, loads = time.perf_counter(), bases.CACHE.loads
         random.seed(cell.seed)
         torch.manual_seed(cell.seed)
         if self.device.type == "cuda":
@@ -194,6 +205,12 @@ class Recipe:
             self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
         )
         self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
+        self.loan = bases.lend(model) if self.runtime.keep_base else None
+        self.model = model  # until the LoRA wraps it: what `release` gives back if wrapping fails
+        # The LoRA's initialisation draws from the seeded RNGs: seed again right before it, so that loading the
+        # model (fresh from disk or kept by a long-lived trainer) can never shift what the adapter starts from.
+        random.seed(cell.seed)
+        torch.manual_seed(cell.seed)
         model = get_peft_model(
             model,
             LoraConfig(
@@ -234,6 +251,8 @@ class Recipe:
             num_training_steps=self.total_steps,
         )
         self.gen = torch.Generator().manual_seed(cell.seed)  # data order
+        self.setup_seconds = time.perf_counter() - t_setup - self.reference_seconds
+        self.kept_base = self.runtime.keep_base and bases.CACHE.loads == loads  # the trainer had it loaded already
         return self
 
     def _step(self, state: TrainState, hooks: Hooks) -> list[_Stats]:
@@ -339,6 +358,20 @@ class Recipe:
         rows["truncated"] = [p.truncated for p in self.held_pairs]  # prompt or either completion was cut
         return m, rows
 
+    def merged(self):
+        """The adapter folded into the weights, for the final generation only (the adapter is saved by then). A kept
+        base gets its own weights back when the cell gives it back (bases.Loan saves them first)."""
+        if self.loan is not None:
+            self.loan.before_merge(self.model)
+        self.model = self.model.merge_and_unload()
+        return self.model
+
+    def release(self) -> None:
+        """Give a kept base back, whatever state the cell left it in; nothing to do for a base loaded for this cell."""
+        loan, self.loan = getattr(self, "loan", None), None
+        if loan is not None:
+            loan.give_back(getattr(self, "model", None))
+
     def finish(self, state: TrainState, resumed_from: int | None = None) -> CellResult:
         """The final held-out evaluation and the cell's summary row."""
         m_eval, pairs = self.evaluate()
@@ -359,6 +392,8 @@ class Recipe:
             "stopped_early": state.stopped_early,
             "train_seconds": state.seconds,
             "reference_seconds": self.reference_seconds,
+            "setup_seconds": self.setup_seconds,  # tokenizer, pairs, base model, LoRA, optimizer (reference apart)
+            "kept_base": self.kept_base,
             "tokens_per_second": state.tokens / state.seconds if state.seconds > 0 else float("nan"),
             "peak_memory_mb": peak_memory_mb(self.device),
             "trainable_params": self.trainable,
