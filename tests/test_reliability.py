@@ -214,11 +214,16 @@ def test_ctrl_c_cancels_running_cells_keeps_finished_and_hints_resume(tmp_path):
         r = ablate("status", res)
         assert r.returncode == 0 and summary(r.stdout).startswith("0 done, 1 running, 3 pending"), r.stdout
         assert "1/24" in r.stdout, r.stdout
-        gate.unlink()
+        # Release that one cell only: the next one holds at its first step, so the run cannot finish (on a busy
+        # machine the rest once did, before the signal came) and Ctrl-C always meets a running cell.
+        held = next(f.stem for f in (res / "running").glob("*.json"))
+        Path(f"{gate}-{held}").touch()
         wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell", proc=a)
         # Ctrl-C now, while the first cell's task is still returning: force-cancelling such a task aborted
         # Ray's core worker in the driver (exit 1, a C++ stack trace) instead of exit 130.
         a.send_signal(signal.SIGINT)
+        wait_for(lambda: (res / "STOP").is_file(), what="the driver's STOP marker")  # it stays until the next run
+        gate.unlink()  # the held cell, let go, sees STOP after its next step
         out, errs = a.communicate(timeout=120)
     finally:
         a.kill()

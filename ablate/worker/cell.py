@@ -195,7 +195,7 @@ class _Hooks:
         self.beat.progress(state.step, total_steps, state.train_log[-1] if state.train_log else None)
         if self.beat.stop_requested:
             raise StopRequested
-        self.faults.after_step(state.step, recipe.cell.objective, self.resumed)
+        self.faults.after_step(state.step, recipe.cell.objective, self.resumed, recipe.cell.id)
 
 
 def train_and_stage(

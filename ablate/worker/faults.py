@@ -4,7 +4,8 @@ ABLATE_TEST_KILL_AT_STEP=N    the worker dies like a preempted node (no cleanup,
                               cell's first attempt, so a retry resumes from its checkpoint
 ABLATE_TEST_RAISE_AT=obj@N    cells of objective `obj` raise at step N, like bad data found mid-training
 ABLATE_TEST_OOM_ABOVE=M       a micro-batch above M raises torch.OutOfMemoryError, as a GPU would
-ABLATE_TEST_GATE=PATH         after each step a cell waits while the file PATH exists (holds cells mid-training)
+ABLATE_TEST_GATE=PATH         after each step a cell waits while the file PATH exists (holds cells mid-training),
+                              unless PATH-<cell id> exists too (a pass that releases that one cell)
 ABLATE_TEST_BARRIER=DIR:N     after step 1 a cell checks in under DIR and waits until N cells have (they run
                               side by side, or the cell fails after BARRIER_S)
 """
@@ -48,13 +49,14 @@ class Faults:
 
             raise torch.OutOfMemoryError(f"simulated CUDA out of memory at micro-batch {micro} (ABLATE_TEST_OOM_ABOVE)")
 
-    def after_step(self, step: int, objective: str, resumed: bool) -> None:
+    def after_step(self, step: int, objective: str, resumed: bool, cell_id: str = "") -> None:
         if self.kill_at_step is not None and step == self.kill_at_step and not resumed:
             os._exit(137)
         if objective == self.raise_objective and step == self.raise_at_step:
             raise ValueError(f"simulated bad batch at step {step} (ABLATE_TEST_RAISE_AT)")
         deadline = time.monotonic() + GATE_S
-        while self.gate and os.path.exists(self.gate) and time.monotonic() < deadline:
+        gate, release = self.gate, f"{self.gate}-{cell_id}"
+        while gate and os.path.exists(gate) and not os.path.exists(release) and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.barrier and step == 1 and not resumed:
             where, _, n = self.barrier.rpartition(":")
