@@ -133,7 +133,9 @@ def test_cell_that_raises_is_recorded_others_finish_and_resume_reruns_only_it(tm
 def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path, local_ray):
     p = write(tmp_path, slow_matrix())
     res = tmp_path / "r" / "rel"
-    a = start("run", p, "--results", tmp_path / "r")
+    gate = tmp_path / "gate"
+    gate.touch()  # cells hold after each step while it exists: the run cannot finish before the kill
+    a = start("run", p, "--results", tmp_path / "r", ABLATE_TEST_GATE=gate)
     try:
         wait_for(
             lambda: (res / "LOCK").is_file() and f'"pid": {a.pid}' in (res / "LOCK").read_text(),
@@ -144,11 +146,14 @@ def test_second_run_refuses_and_killed_driver_resumes_without_loss(tmp_path, loc
         b = ablate("run", p, "--results", tmp_path / "r")
         assert b.returncode == 2 and "in use by another ablate run" in b.stderr and "Traceback" not in b.stderr
         assert f"pid {a.pid}" in b.stderr
+        held = wait_for(lambda: next((f.stem for f in (res / "running").glob("*.json")), None), what="a cell", proc=a)
+        Path(f"{gate}-{held}").touch()  # that cell alone goes on; the next one holds at its first step
         wait_for(lambda: len(done_cells(res)) >= 1, what="a finished cell", proc=a)
         a.send_signal(signal.SIGKILL)
         a.wait(timeout=30)
     finally:
         a.kill()
+        gate.unlink()  # a worker outliving its driver goes on, and must stop itself once the resume holds the lock
     for cell in done_cells(res):
         assert_complete(cell)  # nothing counted done without its full outputs
     before = {d.name: tree_hashes(d) for d in done_cells(res)}
