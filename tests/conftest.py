@@ -73,13 +73,21 @@ def ablate_cli(*args, cwd=ROOT, env: dict | None = None, timeout: int = 600, **e
     )
 
 
+_FOREGROUND = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('ablate', run_name='__main__', alter_sys=True)"
+)
+
+
 def ablate_start(*args, cwd=ROOT, env: dict | None = None, **extra_env):
-    """The command line started in the background (for tests that interrupt or kill it)."""
+    """The command line started in the background (for tests that interrupt or kill it), with Ctrl-C handled as
+    in a terminal's foreground: a suite started as a background job of a script (`.ci/run &`) inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt."""
     import subprocess
     import sys
 
     return subprocess.Popen(
-        [sys.executable, "-m", "ablate", *map(str, args)],
+        [sys.executable, "-c", _FOREGROUND, *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
