@@ -89,6 +89,22 @@ class CellConfig:
             }
         )
 
+    def pack_key(self, runtime: Runtime) -> str | None:
+        """Cells with the same key can train in one forward pass (worker/pack.py): they differ at most in
+        objective, its knobs, rank, seed, lr and epochs. None for a cell that trains alone: one that generates
+        (its final generation merges its adapter into the base), one with LoRA dropout (one random stream for
+        every cell's masks), and compiled or gradient-checkpointed training."""
+        t = self.train
+        if self.generate is not None or t.lora.dropout > 0 or runtime.compile or runtime.gradient_checkpointing:
+            return None
+        return stable_hash(
+            {
+                "reference": self.reference_key(runtime),
+                "train": t.model_dump(mode="json", exclude={"lr", "epochs"}),
+                "truncate": self.truncate,
+            }
+        )
+
 
 @dataclass(frozen=True)
 class Runtime:

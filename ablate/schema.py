@@ -330,8 +330,12 @@ class ResourceSpec(Strict):
     # How cells reach Ray (never part of a cell id): `auto` trains them one after another on long-lived trainer
     # actors, one per slot, that keep the base model loaded; `off` runs each cell as a Ray task of its own.
     actors: Literal["auto", "off"] = "auto"
+    # `auto`: cells that differ only in objective, its knobs, rank, seed, lr or epochs train several to one forward
+    # pass on an actor (one base, an adapter each), as many packs as slots; `off`: one cell per pass. Numbers
+    # equal a lone cell's to float rounding. Needs actors; never part of a cell id.
+    pack: Literal["auto", "off"] = "auto"
 
-    @field_validator("actors", mode="before")
+    @field_validator("actors", "pack", mode="before")
     @classmethod
     def _yaml_off(cls, v: Any) -> Any:
         return "off" if v is False else v  # YAML 1.1 reads a bare `off` as false

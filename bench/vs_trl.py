@@ -494,8 +494,8 @@ def worker_profile(job: dict) -> dict:
     from ablate.inputs.tokenize import encode
     from ablate.matrix.plan import make_plan
     from ablate.worker.forward import Forward
+    from ablate.worker.logps import all_logps
     from ablate.worker.losses import LogProbs, loss_for
-    from ablate.worker.recipe import all_logps
     from ablate.worker.textbook import collate, token_logprobs
 
     dev = torch.device(job["device"])

@@ -216,7 +216,7 @@ def test_poet_cuts_training_pairs_to_the_shorter_answer_and_scores_prefixes():
 def test_poet_reference_is_its_own_and_applies_to_training_pairs_only():
     from ablate.config import CellConfig, DataConfig, Runtime
     from ablate.schema import ModelSpec, TrainRecipe
-    from ablate.worker.recipe import load_base
+    from ablate.worker.logps import load_base
 
     base = dict(objective="dpo", lora_rank=4, seed=0, beta=0.1, lr=1e-3, epochs=1)
     cfg = lambda **p: CellConfig({**base, **p}, TrainRecipe(), {"builtin": "x"}, DataConfig({}, 64, 32), "v")  # noqa: E731

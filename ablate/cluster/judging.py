@@ -38,7 +38,7 @@ def _reward_scores(plan: Plan, gens: dict[str, pd.DataFrame], address, num_cpus)
     """One Ray task scores every distinct answer that a pair to judge needs."""
     import ray
 
-    from .runner import init_ray
+    from .raysetup import init_ray
 
     judge = plan.spec.judge
     assert isinstance(judge, RewardModelJudge)

@@ -13,13 +13,12 @@ when the results cannot be written; each way the unfinished cells are asked to s
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from .. import objectives
 from ..config import Runtime
@@ -28,8 +27,11 @@ from ..matrix.plan import Plan
 from ..results import storage
 from ..results.lock import ResultsLock
 from ..results.storage import HEARTBEAT_S
-from ..schema import RUNTIME_FIELDS, MatrixSpec, ResourceSpec
+from ..schema import RUNTIME_FIELDS, MatrixSpec
 from . import trainers
+from .raysetup import check_schedulable, init_ray, shutdown, task_resources, wants
+
+__all__ = ["RunStopped", "init_ray", "run_plan", "runtime_for", "shutdown", "task_resources"]
 
 Callback = Callable[[dict], None]
 
@@ -42,89 +44,6 @@ def runtime_for(spec: MatrixSpec) -> Runtime:
         threads=max(1, int(res.cpus_per_cell)),
         max_oom_retries=res.max_oom_retries,
         **{k: getattr(spec.train, k) for k in RUNTIME_FIELDS},
-    )
-
-
-def init_ray(address: str | None, num_cpus: int | None = None, dashboard: bool = False) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a laptop
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray Job: join that cluster
-    if address:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    else:
-        # address="local": a Ray of our own. With no address, ray.init joins the cluster last started on this
-        # machine (`ray start`, a test's cluster), which made runs land on someone else's nodes.
-        # Dashboard off by default; when on, loopback only.
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-            configure_logging=True,
-        )
-
-
-def task_resources(res: ResourceSpec) -> dict:
-    """The Ray resource request of one cell, as ray.remote options."""
-    opts: dict = {"num_cpus": res.cpus_per_cell, "num_gpus": res.gpus_per_cell}
-    if res.memory_gb:
-        opts["memory"] = int(res.memory_gb * 2**30)
-    if res.accelerator_type:
-        opts["accelerator_type"] = res.accelerator_type
-    if res.custom:
-        opts["resources"] = dict(res.custom)
-    return opts
-
-
-def _wants(res: ResourceSpec) -> dict[str, float]:
-    """One cell's request as Ray node resources."""
-    want = {"CPU": res.cpus_per_cell, "GPU": res.gpus_per_cell, **res.custom}
-    if res.memory_gb:
-        want["memory"] = res.memory_gb * 2**30
-    if res.accelerator_type:
-        want[f"accelerator_type:{res.accelerator_type}"] = 0.001
-    return {k: v for k, v in want.items() if v}
-
-
-def check_schedulable(res: ResourceSpec, wait_s: float = 0.0) -> None:
-    """Fail within seconds, naming the field, if no node of the cluster could ever run one cell. On a
-    cluster, nodes still joining get `wait_s` seconds (ABLATE_NODE_WAIT_S, default 30) to appear."""
-    import time
-
-    import ray
-
-    want = _wants(res)
-    deadline = time.monotonic() + wait_s
-    while True:
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-        if any(all(node.get(k, 0) >= v for k, v in want.items()) for node in nodes):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(2.0)
-    field = {"CPU": "cpus_per_cell", "GPU": "gpus_per_cell", "memory": "memory_gb"}
-    short = sorted({k for k, v in want.items() if not any(node.get(k, 0) >= v for node in nodes)})
-    names = [field.get(k, "accelerator_type" if k.startswith("accelerator_type:") else f"custom.{k}") for k in short]
-    have = (
-        "; ".join(
-            ", ".join(
-                f"{k}={v:g}" for k, v in sorted(n.items()) if not k.startswith("node:") and k != "object_store_memory"
-            )
-            for n in nodes
-        )
-        or "no alive nodes"
-    )
-    raise UserError(
-        [
-            f"resources: no node can ever run a cell: it asks for {', '.join(f'{k}={v:g}' for k, v in want.items())} "
-            f"({', '.join('resources.' + n for n in names)} too large or absent). Nodes have: {have}. "
-            "Lower the request or add a node that has it."
-        ]
     )
 
 
@@ -249,17 +168,19 @@ def _run_cells(
         if session is not None:
             session.close()
             session.launch = launch
-    launch.grow(min(len(todo), trainers.slots(_wants(res))))  # never more actors than cells
     model_spec, results = plan.spec.model, plan.results.uri
     runtime = runtime_for(plan.spec).with_(run_token=lock.token)  # a cell outliving this driver stops itself
     hooks = _test_hooks()
+    n_slots = trainers.slots(wants(res))
+    groups = trainers.packs(todo, runtime, n_slots, launch.actors and res.pack == "auto")
+    launch.grow(min(len(groups), n_slots))  # never more actors than packs (or lone cells)
 
     # One reference job per distinct (model, data, lengths), usually exactly one, first in the queue; also when no
     # cell needs it: the report's `base (untrained)` row reads it.
     firsts: dict = {}
     for c in todo:
         firsts.setdefault(c.config.reference_key(runtime), c)
-    queue: list[tuple[str, Any]] = [("reference", c) for c in firsts.values()] + [("cell", c) for c in todo]
+    queue: list[tuple[str, tuple]] = [("reference", (c,)) for c in firsts.values()] + [("cell", g) for g in groups]
     references: dict[str, object] = {}  # reference key -> its object ref
     ready_refs: set = set()
     jobs: dict = {}  # object ref -> its queue item
@@ -270,10 +191,13 @@ def _run_cells(
     failures: Counter = Counter()  # failure signature -> cells that failed so
     succeeded = False  # once a cell of this run is done the setup works: a later failure is the cell's own
 
-    def waits(item) -> bool:  # a cell whose reference is still being computed (actors start other cells first)
-        c = item[1]
-        key = c.config.reference_key(runtime)
-        return item[0] == "cell" and objectives.get(c.config.objective).reference and references[key] not in ready_refs
+    def needs(c) -> bool:
+        return objectives.get(c.config.objective).reference
+
+    def waits(item) -> bool:  # cells whose reference is still being computed (actors start other cells first)
+        kind, g = item
+        key = g[0].config.reference_key(runtime)  # the same for a pack's cells
+        return kind == "cell" and any(needs(c) for c in g) and references[key] not in ready_refs
 
     def retry(item) -> bool:  # as Ray retries a task whose worker was lost, unless the cell published first
         kind, c = item
@@ -286,16 +210,21 @@ def _run_cells(
         while pending or queue:
             while queue and launch.free():
                 i = next((j for j, item in enumerate(queue) if not waits(item)), 0) if launch.actors else 0
-                kind, c = queue.pop(i)
-                key = c.config.reference_key(runtime)
+                kind, g = queue.pop(i)
+                key = g[0].config.reference_key(runtime)
                 if kind == "reference":
-                    references[key] = ref = launch.reference(results, c.config, model_spec, runtime)
+                    references[key] = ref = launch.reference(results, g[0].config, model_spec, runtime)
+                    jobs[ref] = (kind, g[0])
+                    pending.append(ref)
+                    continue
+                shared = [references[key] if needs(c) else None for c in g]
+                if len(g) == 1:
+                    new = [launch.cell(g[0].config, model_spec, results, runtime, shared[0], hooks)]
                 else:
-                    shared = references[key] if objectives.get(c.config.objective).reference else None
-                    ref = launch.cell(c.config, model_spec, results, runtime, shared, hooks)
-                    refs[ref] = c
-                jobs[ref] = (kind, c)
-                pending.append(ref)
+                    new = launch.pack([c.config for c in g], model_spec, results, runtime, shared, hooks)
+                for ref, c in zip(new, g):
+                    refs[ref], jobs[ref] = c, (kind, c)
+                    pending.append(ref)
             # A short wait when a live view is watching: it reads the heartbeats about once a second.
             ready, pending = ray.wait(pending, num_returns=1, timeout=1.0 if progress is not None else HEARTBEAT_S)
             if lock.lost:
@@ -307,9 +236,9 @@ def _run_cells(
                 )
             for ref in ready:
                 item = jobs.pop(ref)
-                if launch.done(ref) and retry(item):  # its trainer actor was lost, and replaced: go again
+                if launch.done(ref) and retry(item):  # its trainer actor was lost, and replaced: go again (alone)
                     lost[item[0], item[1].id] += 1
-                    queue.insert(0, item)
+                    queue.insert(0, (item[0], (item[1],)))
                     continue
                 if ref not in refs:  # a reference job: its cells get it directly; a failure fails them, not this
                     ready_refs.add(ref)
@@ -431,10 +360,3 @@ class _sigterm_as_interrupt:
     def __exit__(self, *exc):
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
-
-
-def shutdown() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

@@ -79,6 +79,20 @@ class Trainer:
             finally:
                 bases.free_memory()
 
+    def train_pack(self, cells, model_spec, rows: dict, results, runtime: Runtime, refs: list, hooks=None) -> tuple:
+        """Several cells in one forward pass (worker/pack.py); one return per cell, so the runner sees each."""
+        quiet_torch(runtime.threads)
+        from ..worker import bases
+        from ..worker.pack import run_pack
+
+        train_rows, heldout_rows = bases.rows(rows)
+        shared = [bases.reference(c.reference_key(runtime), r) for c, r in zip(cells, refs)]
+        with test_hooks(hooks):
+            try:
+                return tuple(run_pack(cells, model_spec, train_rows, heldout_rows, results, runtime, shared))
+            finally:
+                bases.free_memory()
+
     def reference(self, results, cell, model_spec, rows: dict, runtime: Runtime) -> tuple[str, dict]:
         quiet_torch(runtime.threads)
         from ..worker import bases
@@ -106,6 +120,32 @@ def slots(want: dict[str, float]) -> int:
             have = node["Resources"]
             total += min(math.floor(have.get(k, 0) / v + 1e-9) for k, v in want.items()) if want else 1
     return total
+
+
+PACK_LIMIT = 8  # cells per pack at most: the pass's rows (and activation memory) grow with each
+
+
+def packs(cells: list, runtime: Runtime, slots: int, on: bool) -> list[tuple]:
+    """The cells as they go to the trainers: packs of cells that can share a forward pass (CellConfig.pack_key),
+    each pack's cells in plan order. Each set of compatible cells is split into as many packs as there are slots
+    (every slot stays busy), at most PACK_LIMIT cells each; the rest go alone. Decided before anything runs, so the
+    same cells on the same cluster always pack the same way."""
+    if not on:
+        return [(c,) for c in cells]
+    groups: dict[str, list] = {}
+    out: list[tuple] = []
+    for c in cells:
+        key = c.config.pack_key(runtime)
+        if key is None:
+            out.append((c,))
+        else:
+            groups.setdefault(key, []).append(c)
+    for same in groups.values():
+        n = max(min(len(same), slots), math.ceil(len(same) / PACK_LIMIT))
+        size = math.ceil(len(same) / n)
+        out += [tuple(same[i : i + size]) for i in range(0, len(same), size)]
+    order = {c.id: i for i, c in enumerate(cells)}
+    return sorted(out, key=lambda g: order[g[0].id])
 
 
 class Session:
@@ -156,6 +196,9 @@ class Tasks:
     def cell(self, cell, model_spec, results, runtime, shared, hooks):
         return self.cell_task.remote(cell, model_spec, self.train_ref, self.held_ref, results, runtime, shared, hooks)
 
+    def pack(self, cells, model_spec, results, runtime, shared: list, hooks) -> list:
+        return [self.cell(c, model_spec, results, runtime, s, hooks) for c, s in zip(cells, shared)]  # alone
+
     def done(self, ref) -> bool:
         return False  # Ray retries a task whose worker was lost by itself (max_retries)
 
@@ -180,6 +223,7 @@ class Actors:
         self.idle: list = []
         self.busy: dict = {}  # object ref -> the actor computing it
         self.probes: dict = {}  # a reference job's result -> a small return that says whether its actor was lost
+        self.lost: set[int] = set()  # actors found lost while the rest of their pack's refs are pending
         self.rows = {"train": data[0], "heldout": data[1]}
 
     def grow(self, n: int) -> None:
@@ -207,6 +251,16 @@ class Actors:
         ref = None if shared is None else [shared]
         return self._call("train", cell, model_spec, self.rows, results, runtime.with_(keep_base=True), ref, hooks)
 
+    def pack(self, cells, model_spec, results, runtime, shared: list, hooks) -> list:
+        """One object ref per cell of the pack; the actor is free again once all of them are done."""
+        actor = self.idle.pop(0)
+        refs = [None if s is None else [s] for s in shared]
+        args = (cells, model_spec, self.rows, results, runtime.with_(keep_base=True), refs, hooks)
+        out = actor.train_pack.options(num_returns=len(cells)).remote(*args)
+        for ref in out:
+            self.busy[ref] = actor
+        return out
+
     def done(self, ref) -> bool:
         """Free the actor that computed `ref`. True when it was lost doing so (its worker died, its node is gone):
         it is killed for good and a new actor takes its place, wherever Ray finds a free slot."""
@@ -215,17 +269,25 @@ class Actors:
         actor = self.busy.pop(ref, None)
         if actor is None:
             return False
+        lost = False
         try:
             ray.get(self.probes.pop(ref, ref))  # a cell's small cell.json, or a reference job's probe
         except ray.exceptions.RayActorError:
+            lost = True
+        except Exception:  # noqa: BLE001 - the job's own error: the runner records it
+            pass
+        if lost:
+            self.lost.add(id(actor))
+        if any(a is actor for a in self.busy.values()):  # the rest of its pack: the last one frees or replaces it
+            return lost
+        if id(actor) in self.lost:
+            self.lost.discard(id(actor))
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
             self.idle.append(self.cls.remote())
-            return True
-        except Exception:  # noqa: BLE001 - the job's own error: the runner records it
-            pass
-        self.idle.append(actor)
-        return False
+        else:
+            self.idle.append(actor)
+        return lost
 
     def close(self) -> None:
         """Kill every actor: idle ones at once, busy ones after the runner's stop grace period (their cells have

@@ -27,7 +27,8 @@ from ..schema import ModelSpec
 from .checkpoint import Checkpointer
 from .faults import Faults
 from .generate import CellGeneration
-from .recipe import CellResult, Recipe, TrainState, reference_logps
+from .logps import reference_logps
+from .recipe import CellResult, Recipe, TrainState
 
 T = TypeVar("T")
 
@@ -198,6 +199,37 @@ class _Hooks:
         self.faults.after_step(state.step, recipe.cell.objective, self.resumed, recipe.cell.id)
 
 
+def stage(result: CellResult, recipe: Recipe, staging: Path) -> None:
+    """Write a trained cell's logs, per-pair rows and adapter into its staging folder."""
+    (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
+    (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
+    result.pairs.to_parquet(staging / "pairs.parquet", index=False)
+    recipe.save_adapter(staging / "adapter")
+
+
+def new_cell_json(cell: CellConfig, model_spec: ModelSpec, node: str | None) -> dict:
+    return {
+        "id": cell.id,
+        "params": cell.params,
+        "config": cell.to_json(),
+        "model_spec": model_spec.model_dump(mode="json"),
+        "status": "running",
+        "torch_version": str(torch.__version__),
+        "node_id": node,
+        "started_at": time.time(),
+    }
+
+
+def publish_done(store: Store, cell_json: dict, staging: Path, summary: dict, ooms: int) -> dict:
+    """Publish a trained cell (its staging folder becomes cells/<id>); returns its cell.json, or the one an
+    earlier attempt published first."""
+    cell_json.update(status="done", oom_retries=ooms, finished_at=time.time(), **summary)
+    (staging / "cell.json").write_text(storage.dump_json(cell_json))
+    if not storage.publish_cell(store, cell_json["id"], staging):  # another attempt finished first: theirs
+        return storage.read_cell_json(store, cell_json["id"]) or cell_json
+    return cell_json
+
+
 def train_and_stage(
     cell: CellConfig,
     model_spec: ModelSpec,
@@ -219,10 +251,7 @@ def train_and_stage(
         gen = CellGeneration.maybe(cell, model_spec, heldout_rows)
         state = recipe.train(state or TrainState(), _Hooks(checkpoint, beat, resumed_from is not None, gen))
         result = recipe.finish(state, resumed_from)
-        (staging / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.train_log))
-        (staging / "eval_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.eval_log))
-        result.pairs.to_parquet(staging / "pairs.parquet", index=False)
-        recipe.model.save_pretrained(str(staging / "adapter"))
+        stage(result, recipe, staging)
         if gen:  # last: the final generation may merge the adapter into the weights
             result.summary.update(gen.finish(recipe, state, staging))
         return result
@@ -247,16 +276,7 @@ def run_cell(
     runtime = runtime or Runtime()
     store, cell_id, t = Store(results), cell.id, cell.train
     node = _node_id()
-    cell_json = {
-        "id": cell_id,
-        "params": cell.params,
-        "config": cell.to_json(),
-        "model_spec": model_spec.model_dump(mode="json"),
-        "status": "running",
-        "torch_version": str(torch.__version__),
-        "node_id": node,
-        "started_at": time.time(),
-    }
+    cell_json = new_cell_json(cell, model_spec, node)
     info = {**storage.host_info(), "node_id": node, "started": time.time()}
     beat = Heartbeat(store, cell_id, info, runtime.run_token).start()
     ckpt = Checkpointer(store, cell_id, runtime.checkpoint_every_steps)
@@ -308,12 +328,7 @@ def run_cell(
             )
             storage.publish_failure(store, cell_id, cell_json, traceback.format_exc())
             return cell_json
-        staging = staged[-1]
-        cell_json.update(status="done", oom_retries=ooms, finished_at=time.time(), **result.summary)
-        (staging / "cell.json").write_text(storage.dump_json(cell_json))
-        if not storage.publish_cell(store, cell_id, staging):  # another attempt finished first: report theirs
-            return storage.read_cell_json(store, cell_id) or cell_json
-        return cell_json
+        return publish_done(store, cell_json, staged[-1], result.summary, ooms)
     except StopRequested:  # its staging folder is gone already (attempt); the cell stays pending
         return {"id": cell_id, "status": "stopped"}
     except Exception as e:

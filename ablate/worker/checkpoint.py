@@ -25,9 +25,8 @@ class Checkpointer:
         return self.every is not None and self.every > 0 and step % self.every == 0
 
     def save(self, recipe: Recipe, state: TrainState) -> None:
-        model = recipe.model
         blob = {
-            "adapter": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+            "adapter": {n: p.detach().cpu() for n, p in recipe.adapter_params().items()},
             "optimizer": recipe.opt.state_dict(),
             "scheduler": recipe.sched.state_dict(),
             "rng": {
@@ -49,9 +48,9 @@ class Checkpointer:
             raw = self.store.read_bytes(self.key)
         except FileNotFoundError:
             return None
-        model, opt, sched, gen = recipe.model, recipe.opt, recipe.sched, recipe.gen
+        opt, sched, gen = recipe.opt, recipe.sched, recipe.gen
         blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        params = dict(model.named_parameters())
+        params = recipe.adapter_params()
         with torch.no_grad():
             for n, v in blob["adapter"].items():
                 params[n].copy_(v)

@@ -6,11 +6,12 @@
     result = recipe.finish(state)                        # final held-out evaluation → summary, logs, per-pair rows
 
 It returns what it computed; ablate/worker/cell.py writes the files and publishes the cell. The reference
-pass (π_ref, the base model without the adapter) shares `load_base` with setup.
+pass (π_ref, the base model without the adapter) shares `load_base` with setup (worker/logps.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -24,11 +25,10 @@ import torch
 
 from .. import objectives
 from ..config import CellConfig, Runtime
-from ..inputs.models import load_model, load_tokenizer
-from ..inputs.tokenize import Pair, encode, equal_lengths
 from ..schema import ModelSpec
 from . import bases
 from .forward import Forward, collate
+from .logps import all_logps, device_for, load_base
 from .losses import LogProbs, loss_for
 
 
@@ -67,63 +67,6 @@ class CellResult:
     train_log: list[dict]
     eval_log: list[dict]
     pairs: pd.DataFrame  # one row per held-out pair
-
-
-def device_for(runtime: Runtime) -> torch.device:
-    """CUDA when the cell asked for a GPU (Ray then exposes only its share), or when run outside Ray with one;
-    a cell with gpus_per_cell 0 stays on CPU even on a GPU node, since Ray accounted no GPU for it."""
-    if runtime.device == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_base(model_spec: ModelSpec, runtime: Runtime, rows: dict[str, list[dict]], data, truncate="none") -> tuple:
-    """Tokenizer, encoded pairs per split and the base model: what the recipe and the reference pass share.
-    `truncate="equal"` (POET) cuts the training pairs only: every cell is judged on the same held-out pairs."""
-    if runtime.keep_base:  # a long-lived trainer: the same objects as last cell (worker/bases.py)
-        tok = bases.tokenizer(model_spec)
-        pairs = {s: bases.encoded(s, r, tok, data, truncate, model_spec) for s, r in rows.items()}
-        return tok, pairs, bases.base_model(model_spec, device_for(runtime), runtime.attention)
-    tok = load_tokenizer(model_spec)
-    pairs = {s: encode(r, tok, data.max_length, data.prompt_budget, f"data.{s}") for s, r in rows.items()}
-    if truncate == "equal" and "train" in pairs:
-        pairs["train"] = equal_lengths(pairs["train"])
-    model = load_model(model_spec, device_for(runtime), runtime.attention)
-    return tok, pairs, model
-
-
-@torch.no_grad()
-def all_logps(
-    fwd: Forward, pairs: list[Pair], batch_size: int, pad_id: int, device, share: bool
-) -> dict[str, torch.Tensor]:
-    """Summed/averaged log-probs and lengths of every pair (eval mode); with the adapter disabled this is
-    the reference, computed once instead of once per step."""
-    cols: dict[str, list[torch.Tensor]] = {k: [] for k in ("c_sum", "r_sum", "c_avg", "r_avg", "c_len", "r_len")}
-    for s in range(0, len(pairs), batch_size):
-        b = collate(pairs, list(range(s, min(s + batch_size, len(pairs)))), pad_id, share).to(device)
-        total, avg, n = fwd(b)
-        B = len(b.index)
-        for key, t in (("sum", total), ("avg", avg), ("len", n)):
-            cols[f"c_{key}"].append(t[:B].cpu())
-            cols[f"r_{key}"].append(t[B:].cpu())
-    return {k: torch.cat(v) for k, v in cols.items()}
-
-
-def reference_logps(cell: CellConfig, model_spec: ModelSpec, train_rows, heldout_rows, runtime: Runtime) -> dict:
-    """π_ref's log-probs (the frozen base model) for every train and held-out pair. They depend only on model,
-    data, lengths and eval batch — not on rank, β or seed — so one computation serves every cell that needs
-    them (see CellConfig.reference_key)."""
-    tok, pairs, model = load_base(
-        model_spec, runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
-    )
-    loan = bases.lend(model) if runtime.keep_base else None
-    try:
-        fwd, bs = Forward(model.eval()), runtime.eval_batch_size or cell.train.eval_batch_size
-        device = device_for(runtime)
-        return {s: all_logps(fwd, ps, bs, tok.pad_token_id, device, runtime.shares_prompt) for s, ps in pairs.items()}
-    finally:
-        if loan is not None:
-            loan.give_back(model)
 
 
 def _sides(total, avg, n, B, ref=None, idx=None) -> tuple[LogProbs, LogProbs]:
@@ -180,8 +123,19 @@ def peak_memory_mb(device) -> float:
 
 
 class Recipe:
-    def __init__(self, cell: CellConfig, model_spec: ModelSpec, runtime: Runtime, micro_batch: int | None = None):
+    def __init__(
+        self,
+        cell: CellConfig,
+        model_spec: ModelSpec,
+        runtime: Runtime,
+        micro_batch: int | None = None,
+        adapter: str = "default",
+    ):
         self.cell, self.model_spec, self.runtime = cell, model_spec, runtime
+        self.adapter = adapter  # its LoRA's name in the model: "default", or its place in a pack (worker/pack.py)
+        self.model: Any = None
+        self.route: Any = contextlib.nullcontext  # a pack routes each forward pass's rows to their adapters
+        self.pack_size = 1
         self.objective = objectives.get(cell.objective)
         self.loss = loss_for(cell.objective)
         t = cell.train
@@ -190,8 +144,15 @@ class Recipe:
         self.device = device_for(runtime)
         self.share = runtime.shares_prompt
 
-    def setup(self, train_rows: list[dict], heldout_rows: list[dict], reference: dict | None = None) -> Recipe:
-        """Tokenize, load the base model, add a fresh LoRA, get the reference log-probs, build the optimizer."""
+    def setup(
+        self,
+        train_rows: list[dict],
+        heldout_rows: list[dict],
+        reference: dict | None = None,
+        onto: Recipe | None = None,
+    ) -> Recipe:
+        """Tokenize, load the base model, add a fresh LoRA, get the reference log-probs, build the optimizer.
+        `onto`: another cell's recipe whose model (and pairs) this cell shares, its LoRA added beside (a pack)."""
         from peft import LoraConfig, get_peft_model
         from transformers import get_scheduler
 
@@ -199,39 +160,48 @@ class Recipe:
         t_setup, loads = time.perf_counter(), bases.CACHE.loads
         random.seed(cell.seed)
         torch.manual_seed(cell.seed)
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and onto is None:
             torch.cuda.reset_peak_memory_stats(self.device)  # a Ray worker may train several cells: peak per cell
-        tok, pairs, model = load_base(
-            self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
-        )
-        self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
-        self.loan = bases.lend(model) if self.runtime.keep_base else None
+        if onto is None:
+            tok, pairs, model = load_base(
+                self.model_spec, self.runtime, {"train": train_rows, "heldout": heldout_rows}, cell.data, cell.truncate
+            )
+            self.pad, self.train_pairs, self.held_pairs = tok.pad_token_id, pairs["train"], pairs["heldout"]
+            self.loan = bases.lend(model) if self.runtime.keep_base else None
+        else:  # the pack's first cell loaded (and borrowed) the base; its pairs are this cell's (same data, lengths)
+            self.pad, self.train_pairs, self.held_pairs = onto.pad, onto.train_pairs, onto.held_pairs
+            pairs, self.loan = {"train": self.train_pairs, "heldout": self.held_pairs}, None
+            model = onto.model
         self.model = model  # until the LoRA wraps it: what `release` gives back if wrapping fails
         # The LoRA's initialisation draws from the seeded RNGs: seed again right before it, so that loading the
         # model (fresh from disk or kept by a long-lived trainer) can never shift what the adapter starts from.
         random.seed(cell.seed)
         torch.manual_seed(cell.seed)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=cell.rank,
-                lora_alpha=t.lora.alpha_over_rank * cell.rank,  # type: ignore[arg-type]  # PEFT annotates int; a float works
-                lora_dropout=t.lora.dropout,
-                target_modules=list(t.lora.targets),
-                task_type="CAUSAL_LM",
-            ),
+        lora = LoraConfig(
+            r=cell.rank,
+            lora_alpha=t.lora.alpha_over_rank * cell.rank,  # type: ignore[arg-type]  # PEFT annotates int; a float works
+            lora_dropout=t.lora.dropout,
+            target_modules=list(t.lora.targets),
+            task_type="CAUSAL_LM",
         )
+        if onto is None:
+            model = get_peft_model(model, lora, adapter_name=self.adapter)
+        else:
+            model.add_adapter(self.adapter, lora)  # the same draws from the same seed: the adapter a lone cell gets
         if self.runtime.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         self.model = model
-        self.trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+        own = self.adapter_params()
+        for x in own.values():  # PEFT trains only the active adapter; in a pack, each cell's optimizer its own
+            x.requires_grad_(True)
+        self.trainable = sum(x.numel() for x in own.values())
         self.fwd = Forward(model)
         self.policy = Forward(model, compile=True) if self.runtime.compile else self.fwd  # training forward only
 
         t_ref = time.perf_counter()
         if self.objective.reference and reference is None:  # not shared by the runner: the policy, adapter off
-            model.eval()
+            self.model.eval()
             with model.disable_adapter():
                 reference = {
                     s: all_logps(self.fwd, ps, self.eval_bs, self.pad, self.device, self.share)
@@ -242,7 +212,7 @@ class Recipe:
 
         self.steps_per_epoch = math.ceil(len(self.train_pairs) / t.batch_size)
         self.total_steps = t.max_steps or self.steps_per_epoch * t.epochs
-        self.params = [x for x in model.parameters() if x.requires_grad]
+        self.params = list(own.values())
         self.opt = torch.optim.AdamW(self.params, lr=t.lr, weight_decay=t.weight_decay)
         self.sched = get_scheduler(
             t.scheduler,
@@ -253,57 +223,92 @@ class Recipe:
         self.gen = torch.Generator().manual_seed(cell.seed)  # data order
         self.setup_seconds = time.perf_counter() - t_setup - self.reference_seconds
         self.kept_base = self.runtime.keep_base and bases.CACHE.loads == loads  # the trainer had it loaded already
+        if onto is not None:
+            self.kept_base = onto.kept_base
         return self
 
-    def _step(self, state: TrainState, hooks: Hooks) -> list[_Stats]:
-        """One optimizer step over the next batch, in micro-batches."""
+    def adapter_params(self) -> dict[str, torch.nn.Parameter]:
+        """This cell's LoRA parameters, named as a lone cell's ("default" adapter): what checkpoints hold."""
+        tag = f".{self.adapter}."
+        return {n.replace(tag, ".default."): p for n, p in self.model.named_parameters() if tag in n and "lora_" in n}
+
+    def save_adapter(self, path) -> None:
+        """The adapter as PEFT saves a lone cell's (PEFT puts any adapter but "default" in a subfolder)."""
+        if self.adapter == "default":
+            self.model.save_pretrained(str(path), selected_adapters=["default"])
+            return
+        tmp = path.parent / f"{path.name}.tmp"
+        self.model.save_pretrained(str(tmp), selected_adapters=[self.adapter])
+        (tmp / self.adapter).rename(path)
+        for f in tmp.iterdir():  # the model card PEFT writes beside the subfolder
+            f.rename(path / f.name)
+        tmp.rmdir()
+
+    def next_batch(self, state: TrainState) -> list[int]:
+        """The pairs of the next optimizer step, in this cell's seeded order."""
         bs = self.cell.train.batch_size
         if state.order is None or state.pos >= len(state.order):  # a new epoch
             state.order, state.pos = torch.randperm(len(self.train_pairs), generator=self.gen).tolist(), 0
         idx = state.order[state.pos : state.pos + bs]
         state.pos += bs
         self.opt.zero_grad(set_to_none=True)
-        stats = []
+        return idx
+
+    def micro_loss(
+        self, state: TrainState, total, avg, n, B: int, index: list[int], tokens: int, of: int
+    ) -> tuple[torch.Tensor, _Stats]:
+        """One micro-batch's share of the step's loss (B pairs of the step's `of`), from its forward outputs, to
+        backpropagate; and its values for the log."""
         ref = self.ref["train"] if self.ref else None
+        c, r = _sides(total, avg, n, B, ref, torch.tensor(index))
+        out = self.loss(c, r, self.cell.params)  # batch-dependent objectives see this micro-batch
+        state.tokens += tokens  # counted as [prompt, completion] rows, as TRL would see them
+        logs = {k: v.detach() for k, v in out.logs.items()}
+        return out.loss.sum() / of, _Stats(out.loss.detach(), out.chosen_reward, out.rejected_reward, c, r, logs)
+
+    def _step(self, state: TrainState, hooks: Hooks) -> list[_Stats]:
+        """One optimizer step over the next batch, in micro-batches."""
+        idx = self.next_batch(state)
+        stats = []
         for m in range(0, len(idx), self.micro):
             hooks.before_batch(self.micro)
             b = collate(self.train_pairs, idx[m : m + self.micro], self.pad, self.share).to(self.device)
             total, avg, n = self.policy(b)
-            c, r = _sides(total, avg, n, len(b.index), ref, torch.tensor(b.index))
-            out = self.loss(c, r, self.cell.params)  # batch-dependent objectives see this micro-batch
-            (out.loss.sum() / len(idx)).backward()
-            state.tokens += b.tokens  # counted as [prompt, completion] rows, as TRL would see them
-            logs = {k: v.detach() for k, v in out.logs.items()}
-            stats.append(_Stats(out.loss.detach(), out.chosen_reward, out.rejected_reward, c, r, logs))
+            loss, st = self.micro_loss(state, total, avg, n, len(b.index), b.index, b.tokens, len(idx))
+            loss.backward()
+            stats.append(st)
         return stats
 
+    def done(self, state: TrainState) -> bool:
+        return state.step >= self.total_steps or state.stopped_early
+
     def train(self, state: TrainState, hooks: Hooks) -> TrainState:
-        t, total = self.cell.train, self.total_steps
-        eval_every = t.eval_steps or max(1, total // 4)
         t0 = time.perf_counter() - state.seconds
         self.model.train()
-        while state.step < total and not state.stopped_early:
-            stats = self._step(state, hooks)
-            # clip the gradient, step the optimizer and the schedule
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
-            lr_used = self.sched.get_last_lr()[0]  # the rate this step trained with, as TRL logs it
-            self.opt.step()
-            self.sched.step()
-            state.step += 1
-            step = state.step
-            if step % t.logging_steps == 0 or step == 1 or step == total:
-                row = _metrics("", _cat(stats), self.objective.scoring)
-                row.update(
-                    step=step, epoch=step / self.steps_per_epoch, learning_rate=lr_used, grad_norm=float(grad_norm)
-                )
-                state.train_log.append(row)
-            if step % eval_every == 0 and step != total:
-                m_eval, _ = self.evaluate()
-                state.eval_log.append({**m_eval, "step": step, "epoch": step / self.steps_per_epoch})
-                self._early_stopping(state, m_eval)
-            state.seconds = time.perf_counter() - t0
-            hooks.after_step(self, state, total)
+        while not self.done(state):
+            self.end_step(state, self._step(state, hooks), hooks, t0)
         return state
+
+    def end_step(self, state: TrainState, stats: list[_Stats], hooks: Hooks, t0: float) -> None:
+        """After the step's backward passes: clip, step the optimizer and schedule, log, evaluate, hooks."""
+        t, total = self.cell.train, self.total_steps
+        eval_every = t.eval_steps or max(1, total // 4)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+        lr_used = self.sched.get_last_lr()[0]  # the rate this step trained with, as TRL logs it
+        self.opt.step()
+        self.sched.step()
+        state.step += 1
+        step = state.step
+        if step % t.logging_steps == 0 or step == 1 or step == total:
+            row = _metrics("", _cat(stats), self.objective.scoring)
+            row.update(step=step, epoch=step / self.steps_per_epoch, learning_rate=lr_used, grad_norm=float(grad_norm))
+            state.train_log.append(row)
+        if step % eval_every == 0 and step != total:
+            m_eval, _ = self.evaluate()
+            state.eval_log.append({**m_eval, "step": step, "epoch": step / self.steps_per_epoch})
+            self._early_stopping(state, m_eval)
+        state.seconds = time.perf_counter() - t0
+        hooks.after_step(self, state, total)
 
     def _early_stopping(self, state: TrainState, m_eval: dict) -> None:
         es = self.cell.train.early_stopping
@@ -320,7 +325,8 @@ class Recipe:
         """Held-out metrics (eval_ prefix) and one row per pair, scored under the cell's own reward."""
         was_training = self.model.training
         self.model.eval()
-        lp = all_logps(self.fwd, self.held_pairs, self.eval_bs, self.pad, self.device, self.share)
+        with self.route():
+            lp = all_logps(self.fwd, self.held_pairs, self.eval_bs, self.pad, self.device, self.share)
         self.model.train(was_training)
         n = len(self.held_pairs)
         idx = torch.arange(n)
@@ -399,6 +405,7 @@ class Recipe:
             "trainable_params": self.trainable,
             "device": str(self.device),
             "micro_batch": self.micro,
+            "pack_size": self.pack_size,  # cells trained in one forward pass with this one (worker/pack.py)
             "grad_accum": -(-bs // self.micro),
             "resumed_from_step": resumed_from,
         }

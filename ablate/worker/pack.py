@@ -1,0 +1,238 @@
+"""Several cells in one forward pass over one base model (resources.pack: auto; the runner forms the packs).
+
+Cells that differ only in objective, its knobs, LoRA rank, seed, lr or epochs read the same base model and the
+same encoded pairs. A pack loads the base once and adds one PEFT LoRA per cell, each seeded as a lone cell's (the
+same initial weights). At each step every cell draws its own micro-batch in its own seeded order; the
+micro-batches are concatenated along the batch dimension and each LoRA layer sends each row through its own cell's
+adapter (PEFT's mixed-adapter batch: the frozen base runs once for all rows, the adapters are disjoint, so each
+cell's gradient is exactly its own loss's). Each cell keeps its own loss, optimizer, schedule, logs, evaluations,
+early stopping, checkpoints, heartbeat and result, and its numbers equal a lone cell's to float rounding (rows
+are padded to the pack's longest; tests/test_pack.py).
+
+A pack that cannot train together trains its cells one after another as lone cells in this process instead,
+each with its own OOM retries and failure record, resuming from any checkpoint the pack saved: when the base
+model has dropout (every cell's masks would come from one random stream), when its cells resume from checkpoints
+of different steps, and when anything fails while they train together (an out-of-memory error, one cell's
+error). So packing never turns one cell's failure into another's. Stopping (STOP, an orphaned run) stops them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import CellConfig, Runtime
+from ..results import storage
+from ..results.storage import Store
+from ..schema import ModelSpec
+from .cell import (
+    Heartbeat,
+    StopRequested,
+    _discard,
+    _Hooks,
+    _node_id,
+    new_cell_json,
+    publish_done,
+    run_cell,
+    stage,
+)
+from .checkpoint import Checkpointer
+from .forward import collate
+from .recipe import Recipe, TrainState
+
+
+@contextlib.contextmanager
+def routing(model, names: list[str] | str) -> Iterator[None]:
+    """Every LoRA layer of `model` sends row i of its input through adapter names[i] (one name: every row)."""
+    from peft.tuners.lora import LoraLayer
+
+    def hook(module, args, kwargs):
+        rows = len(args[0] if args else kwargs["x"])
+        return args, {**kwargs, "adapter_names": names if isinstance(names, list) else [names] * rows}
+
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def dropout_in(model) -> str | None:
+    """Where the base model draws dropout masks while training, if anywhere (a module or a config setting)."""
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0 and "lora_" not in name:
+            return name
+
+    def walk(d: dict) -> str | None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                found = walk(v)
+                if found:
+                    return found
+            elif isinstance(v, float) and v > 0 and ("dropout" in k or "pdrop" in k):
+                return f"config.{k}"
+        return None
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return walk(base.config.to_dict())
+
+
+@dataclass
+class _Member:
+    cell: CellConfig
+    ref: dict | None
+    cell_json: dict
+    beat: Heartbeat
+    ckpt: Checkpointer
+    recipe: Recipe | None = None
+    state: TrainState = field(default_factory=TrainState)
+    resumed_from: int | None = None
+    hooks: _Hooks | None = None
+    t0: float = 0.0
+    out: dict | None = None  # its cell.json, once published
+
+
+def run_pack(
+    cells: list[CellConfig],
+    model_spec: ModelSpec,
+    train_rows: list[dict],
+    heldout_rows: list[dict],
+    results: str,
+    runtime: Runtime,
+    refs: list[dict | None],
+) -> list[dict]:
+    """Train `cells` together and publish each; returns their cell.json, in order (see the module docstring)."""
+    store, node = Store(results), _node_id()
+    info = {**storage.host_info(), "node_id": node, "started": time.time()}
+    members = [
+        _Member(
+            c,
+            r,
+            new_cell_json(c, model_spec, node),
+            Heartbeat(store, c.id, info, runtime.run_token).start(),
+            Checkpointer(store, c.id, runtime.checkpoint_every_steps),
+        )
+        for c, r in zip(cells, refs)
+    ]
+    alone: list[_Member] = []
+    try:
+        if any(m.beat.stop_requested for m in members):  # queued before the driver stopped the run
+            raise StopRequested
+        try:
+            alone = _train_together(members, model_spec, train_rows, heldout_rows, runtime, store)
+        except Exception as e:  # noqa: BLE001 - each cell gets its own try below, and its own failure record
+            if storage.unwritable(store, e):
+                raise
+            alone = [m for m in members if m.out is None]
+        finally:
+            if members[0].recipe is not None:
+                members[0].recipe.release()  # the first cell borrowed the base: every adapter goes with it
+    except StopRequested:
+        return [m.out or {"id": m.cell.id, "status": "stopped"} for m in members]
+    except Exception as e:
+        reason = storage.unwritable(store, e)
+        if reason:  # full, read-only: nothing about these cells can be written; the driver stops the run
+            raise storage.ResultsUnwritable(reason) from None
+        raise
+    finally:
+        for m in members:
+            m.beat.stop()
+    for m in alone:  # its own heartbeat from here (stopped above), its own OOM retries and failure record
+        m.out = run_cell(m.cell, model_spec, train_rows, heldout_rows, results, runtime, m.ref)
+    return [m.out or {"id": m.cell.id, "status": "stopped"} for m in members]
+
+
+def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows, runtime, store) -> list[_Member]:
+    """Set up, train and publish every member in one pass per micro-batch; returns the members that must train
+    alone instead (all of them, when the pack cannot train together)."""
+    first = None
+    for k, m in enumerate(members):
+        m.recipe = Recipe(m.cell, model_spec, runtime, adapter="default" if k == 0 else f"pack{k}")
+        m.recipe.setup(train_rows, heldout_rows, m.ref, onto=first)
+        first = first or m.recipe
+        m.recipe.pack_size = len(members)
+    assert first is not None
+    model = first.model
+    if dropout_in(model):
+        return members
+    for m in members:
+        assert m.recipe is not None
+        m.recipe.route = functools.partial(routing, model, m.recipe.adapter)
+        restored = m.ckpt.restore(m.recipe)
+        m.resumed_from = restored.step if restored else None
+        m.state = restored or TrainState()
+        m.hooks = _Hooks(m.ckpt, m.beat, restored is not None)
+        m.t0 = time.perf_counter() - m.state.seconds
+    if len({m.state.step for m in members}) > 1:  # resumed from checkpoints of different steps
+        return members
+    model.train()
+    active = [m for m in members if not _recipe(m).done(m.state)]
+    while active:
+        stats = _step(active, first)
+        stop = None
+        for m, st in zip(active, stats):  # every cell ends its step (and checkpoints it) before a stop
+            try:
+                _recipe(m).end_step(m.state, st, m.hooks, m.t0)  # type: ignore[arg-type]
+            except StopRequested as e:
+                stop = e
+        if stop is not None:
+            raise stop
+        for m in active:
+            if _recipe(m).done(m.state):
+                _publish(m, store)
+        active = [m for m in active if m.out is None]
+    return []
+
+
+def _recipe(m: _Member) -> Recipe:
+    assert m.recipe is not None
+    return m.recipe
+
+
+def _step(active: list[_Member], first: Recipe) -> list[list]:
+    """One optimizer step's forward and backward passes for every active member, one pass per micro-batch."""
+    recipes = [_recipe(m) for m in active]
+    idxs = [r.next_batch(m.state) for r, m in zip(recipes, active)]
+    micro = first.micro
+    stats: list[list] = [[] for _ in active]
+    pairs = first.train_pairs
+    for j in range(0, len(idxs[0]), micro):
+        parts = [idx[j : j + micro] for idx in idxs]
+        for m in active:
+            m.hooks.before_batch(micro)  # type: ignore[union-attr]
+        rows = [i for p in parts for i in p]
+        b = collate(pairs, rows, first.pad, first.share).to(first.device)
+        names = [r.adapter for r, p in zip(recipes, parts) for _ in p]
+        with routing(first.model, names if first.share else names + names):
+            total, avg, n = first.fwd(b)
+        B, at, losses = len(rows), 0, []
+        for k, (r, m, p) in enumerate(zip(recipes, active, parts)):
+            sel = torch.cat([torch.arange(at, at + len(p)), torch.arange(B + at, B + at + len(p))]).to(total.device)
+            tokens = sum(2 * len(pairs[i].prompt) + len(pairs[i].chosen) + len(pairs[i].rejected) for i in p)
+            loss, st = r.micro_loss(m.state, total[sel], avg[sel], n[sel], len(p), p, tokens, len(idxs[k]))
+            losses.append(loss)
+            stats[k].append(st)
+            at += len(p)
+        torch.stack(losses).sum().backward()  # disjoint adapters: each gets exactly its own loss's gradient
+    return stats
+
+
+def _publish(m: _Member, store: Store) -> None:
+    recipe = _recipe(m)
+    result = recipe.finish(m.state, m.resumed_from)
+    staging = storage.new_cell_staging(store, m.cell.id)
+    try:
+        stage(result, recipe, staging)
+        m.out = publish_done(store, m.cell_json, staging, result.summary, 0)
+    except BaseException:
+        _discard(staging)
+        raise
+    m.beat.stop()
