@@ -791,9 +791,14 @@ MATRICES = {"2x2": dict(ranks=(16, 8), seeds=(SEED,)), "8-cell": dict(ranks=(16,
 # How ablate runs the cells (resources fields; none of them is part of a cell id)
 MODES = {
     "off": {"actors": "off"},  # a Ray task per cell (ablate before issue #14)
-    "auto": {"actors": "auto"},  # long-lived trainer actors, one per slot
+    "auto": {"actors": "auto", "pack": "off"},  # long-lived trainer actors, one per slot, a cell per pass
+    "pack": {"actors": "auto", "pack": "auto"},  # the default: actors, several cells per forward pass
 }
-MODE_NAMES = {"off": "a Ray task per cell (actors: off)", "auto": "trainer actors (actors: auto)"}
+MODE_NAMES = {
+    "off": "a Ray task per cell (actors: off)",
+    "auto": "trainer actors, a cell per pass (pack: off)",
+    "pack": "trainer actors, cells packed (default)",
+}
 
 
 def run_matrices(a, work: Path, env: dict, model_path: str, P: dict, data: dict, steps: int, res_m: dict,

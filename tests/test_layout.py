@@ -28,6 +28,7 @@ LAYERS = [
 APART = [("ablate.matrix", "ablate.worker"), ("ablate.verdict", "ablate.worker"), ("ablate.verdict", "ablate.matrix")]
 # imported inside the remote functions, on workers
 RAY_TASKS = {("ablate.cluster.trainers", "ablate.worker.cell"), ("ablate.cluster.trainers", "ablate.worker.bases"),
+             ("ablate.cluster.trainers", "ablate.worker.pack"),
              ("ablate.cluster.judging", "ablate.worker.reward")}  # fmt: skip
 
 

@@ -36,7 +36,9 @@ def slow_matrix(**train) -> dict:
         {"batch_size": 8, "max_steps": 24, "logging_steps": 5, "eval_steps": 20, "checkpoint_every_steps": 5, **train}
     )
     m["matrix"]["lora_rank"] = [4, 8]
-    m["resources"] = {"cpus_per_cell": 2}  # one cell at a time on a 2-core machine: room to interrupt
+    # One cell at a time on a 2-core machine: room to interrupt; cells unpacked, so each holds at its own gate
+    # (packed cells stop and resume together: tests/test_pack.py).
+    m["resources"] = {"cpus_per_cell": 2, "pack": "off"}
     return m
 
 

@@ -246,6 +246,9 @@ def _run_cells(
                 out = _outcome(plan, refs[ref], ref)
                 if out["status"] == "stopped":  # a STOP left by an earlier driver: the cell stays pending
                     continue
+                if out["status"] == "unpacked":  # its pack could not train together (worker/pack.py): alone
+                    queue.insert(0, ("cell", (refs[ref],)))
+                    continue
                 finished.append(out)
                 if on_done:
                     on_done(out)

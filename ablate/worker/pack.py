@@ -3,17 +3,19 @@
 Cells that differ only in objective, its knobs, LoRA rank, seed, lr or epochs read the same base model and the
 same encoded pairs. A pack loads the base once and adds one PEFT LoRA per cell, each seeded as a lone cell's (the
 same initial weights). At each step every cell draws its own micro-batch in its own seeded order; the
-micro-batches are concatenated along the batch dimension and each LoRA layer sends each row through its own cell's
-adapter (PEFT's mixed-adapter batch: the frozen base runs once for all rows, the adapters are disjoint, so each
-cell's gradient is exactly its own loss's). Each cell keeps its own loss, optimizer, schedule, logs, evaluations,
-early stopping, checkpoints, heartbeat and result, and its numbers equal a lone cell's to float rounding (rows
-are padded to the pack's longest; tests/test_pack.py).
+micro-batches are concatenated along the batch dimension, the frozen base runs once over all rows, and each LoRA
+layer adds each cell's adapter to that cell's rows only, computed on them cut to the length a lone cell's batch
+would have (`routing`). The adapters are disjoint, so each gets exactly its own loss's gradient, and every sum over
+tokens runs over a lone cell's shapes: on CPU a packed cell's numbers equal a lone cell's bit for bit
+(tests/test_pack.py). Each cell keeps its own loss, optimizer, schedule, logs, evaluations, early stopping,
+checkpoints, heartbeat and result.
 
-A pack that cannot train together trains its cells one after another as lone cells in this process instead,
-each with its own OOM retries and failure record, resuming from any checkpoint the pack saved: when the base
-model has dropout (every cell's masks would come from one random stream), when its cells resume from checkpoints
-of different steps, and when anything fails while they train together (an out-of-memory error, one cell's
-error). So packing never turns one cell's failure into another's. Stopping (STOP, an orphaned run) stops them all.
+A pack that cannot train together hands its unfinished cells back (status "unpacked") and the runner queues each
+again alone, with its own OOM retries, failure record and fail-fast count, resuming from any checkpoint saved
+here: when the base model has dropout (every cell's masks would come from one random stream), when its cells
+resume from checkpoints of different steps, and when anything fails while they train together (an out-of-memory
+error, one cell's error). So packing never turns one cell's failure into another's. Stopping (STOP, an orphaned
+run) stops them all, each after checkpointing the same step.
 """
 
 from __future__ import annotations
@@ -39,25 +41,40 @@ from .cell import (
     _node_id,
     new_cell_json,
     publish_done,
-    run_cell,
     stage,
 )
 from .checkpoint import Checkpointer
 from .forward import collate
 from .recipe import Recipe, TrainState
 
+UNPACKED = "unpacked"  # a cell its pack could not train: the runner queues it again, alone
+
+Route = tuple[
+    str, slice | torch.Tensor, int
+]  # an adapter, the rows of the pass it serves, and the length of those rows
+
 
 @contextlib.contextmanager
-def routing(model, names: list[str] | str) -> Iterator[None]:
-    """Every LoRA layer of `model` sends row i of its input through adapter names[i] (one name: every row)."""
+def routing(model, routes: list[Route] | str) -> Iterator[None]:
+    """Every LoRA layer of `model` adds each adapter's update to its own rows only, computed on those rows cut to
+    their own length (a lone cell's shapes exactly: the weight gradient's sum over tokens then runs as a lone
+    cell's does, bit for bit on CPU). One name: that adapter for every row (an evaluation)."""
     from peft.tuners.lora import LoraLayer
 
-    def hook(module, args, kwargs):
-        rows = len(args[0] if args else kwargs["x"])
-        return args, {**kwargs, "adapter_names": names if isinstance(names, list) else [names] * rows}
+    def base_only(module, args, kwargs):  # PEFT's mixed-batch path, with no adapter: just the base layer
+        return args, {**kwargs, "adapter_names": ["__base__"] * len(args[0] if args else kwargs["x"])}
+
+    def add_adapters(module, args, kwargs, out):
+        x = args[0] if args else kwargs["x"]
+        for name, rows, length in [(routes, slice(None), x.shape[1])] if isinstance(routes, str) else routes:
+            sub = x[rows, :length]
+            update = module.lora_B[name](module.lora_A[name](module.lora_dropout[name](sub))) * module.scaling[name]
+            out[rows, :length] = out[rows, :length] + update
+        return out
 
     layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
+    handles = [m.register_forward_pre_hook(base_only, with_kwargs=True) for m in layers]
+    handles += [m.register_forward_hook(add_adapters, with_kwargs=True) for m in layers]
     try:
         yield
     finally:
@@ -122,16 +139,15 @@ def run_pack(
         )
         for c, r in zip(cells, refs)
     ]
-    alone: list[_Member] = []
     try:
         if any(m.beat.stop_requested for m in members):  # queued before the driver stopped the run
             raise StopRequested
         try:
-            alone = _train_together(members, model_spec, train_rows, heldout_rows, runtime, store)
-        except Exception as e:  # noqa: BLE001 - each cell gets its own try below, and its own failure record
+            why = _train_together(members, model_spec, train_rows, heldout_rows, runtime, store)
+        except Exception as e:  # noqa: BLE001 - each cell gets its own try, alone, and its own failure record
             if storage.unwritable(store, e):
                 raise
-            alone = [m for m in members if m.out is None]
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
         finally:
             if members[0].recipe is not None:
                 members[0].recipe.release()  # the first cell borrowed the base: every adapter goes with it
@@ -145,14 +161,14 @@ def run_pack(
     finally:
         for m in members:
             m.beat.stop()
-    for m in alone:  # its own heartbeat from here (stopped above), its own OOM retries and failure record
-        m.out = run_cell(m.cell, model_spec, train_rows, heldout_rows, results, runtime, m.ref)
-    return [m.out or {"id": m.cell.id, "status": "stopped"} for m in members]
+    # Not trained together: the runner queues each unfinished cell again, alone (its own OOM retries, failure
+    # record and fail-fast count), resuming from any checkpoint saved here.
+    return [m.out or {"id": m.cell.id, "status": UNPACKED, "why": why} for m in members]
 
 
-def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows, runtime, store) -> list[_Member]:
-    """Set up, train and publish every member in one pass per micro-batch; returns the members that must train
-    alone instead (all of them, when the pack cannot train together)."""
+def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows, runtime, store) -> str:
+    """Set up, train and publish every member in one pass per micro-batch; returns why the unpublished ones
+    must train alone instead, if any does."""
     first = None
     for k, m in enumerate(members):
         m.recipe = Recipe(m.cell, model_spec, runtime, adapter="default" if k == 0 else f"pack{k}")
@@ -161,8 +177,9 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
         m.recipe.pack_size = len(members)
     assert first is not None
     model = first.model
-    if dropout_in(model):
-        return members
+    where = dropout_in(model)
+    if where:
+        return f"the base model has dropout ({where})"
     for m in members:
         assert m.recipe is not None
         m.recipe.route = functools.partial(routing, model, m.recipe.adapter)
@@ -171,8 +188,8 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
         m.state = restored or TrainState()
         m.hooks = _Hooks(m.ckpt, m.beat, restored is not None)
         m.t0 = time.perf_counter() - m.state.seconds
-    if len({m.state.step for m in members}) > 1:  # resumed from checkpoints of different steps
-        return members
+    if len({m.state.step for m in members}) > 1:
+        return "its cells resume from checkpoints of different steps"
     model.train()
     active = [m for m in members if not _recipe(m).done(m.state)]
     while active:
@@ -189,7 +206,7 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
             if _recipe(m).done(m.state):
                 _publish(m, store)
         active = [m for m in active if m.out is None]
-    return []
+    return ""
 
 
 def _recipe(m: _Member) -> Recipe:
@@ -210,8 +227,7 @@ def _step(active: list[_Member], first: Recipe) -> list[list]:
             m.hooks.before_batch(micro)  # type: ignore[union-attr]
         rows = [i for p in parts for i in p]
         b = collate(pairs, rows, first.pad, first.share).to(first.device)
-        names = [r.adapter for r, p in zip(recipes, parts) for _ in p]
-        with routing(first.model, names if first.share else names + names):
+        with routing(first.model, _routes(recipes, parts, pairs)):
             total, avg, n = first.fwd(b)
         B, at, losses = len(rows), 0, []
         for k, (r, m, p) in enumerate(zip(recipes, active, parts)):
@@ -223,6 +239,18 @@ def _step(active: list[_Member], first: Recipe) -> list[list]:
             at += len(p)
         torch.stack(losses).sum().backward()  # disjoint adapters: each gets exactly its own loss's gradient
     return stats
+
+
+def _routes(recipes: list[Recipe], parts: list[list[int]], pairs) -> list[Route]:
+    """Each cell's rows in the pass (one per pair: [prompt, chosen, rejected]) and the length a lone cell's batch
+    of those pairs would have."""
+    out: list[Route] = []
+    at = 0
+    for r, p in zip(recipes, parts):
+        length = max(len(pairs[i].prompt) + len(pairs[i].chosen) + len(pairs[i].rejected) for i in p)
+        out.append((r.adapter, slice(at, at + len(p)), length))
+        at += len(p)
+    return out
 
 
 def _publish(m: _Member, store: Store) -> None:
