@@ -91,12 +91,12 @@ class CellConfig:
 
     def pack_key(self, runtime: Runtime) -> str | None:
         """Cells with the same key can train in one forward pass (worker/pack.py): they differ at most in
-        objective, its knobs, rank, seed, lr and epochs. None for a cell that trains alone: one that generates
-        (its final generation merges its adapter into the base), one with LoRA dropout (one random stream for
-        every cell's masks), compiled or gradient-checkpointed training, and the two-rows-per-pair layout (its
-        padding mask takes another attention path when a lone batch has no padding: not the same numbers)."""
+        objective, its knobs, rank, seed, lr and epochs. None for a cell that trains alone: one with LoRA dropout
+        (one random stream for every cell's masks), compiled or gradient-checkpointed training, and the
+        two-rows-per-pair layout (its padding mask takes another attention path when a lone batch has no padding:
+        not the same numbers)."""
         t, rt = self.train, runtime
-        if self.generate is not None or t.lora.dropout > 0 or rt.compile or rt.gradient_checkpointing:
+        if t.lora.dropout > 0 or rt.compile or rt.gradient_checkpointing:
             return None
         if not rt.shares_prompt:
             return None
@@ -105,6 +105,7 @@ class CellConfig:
                 "reference": self.reference_key(runtime),
                 "train": t.model_dump(mode="json", exclude={"lr", "epochs"}),
                 "truncate": self.truncate,
+                "generate": None if self.generate is None else self.generate.model_dump(mode="json"),
             }
         )
 

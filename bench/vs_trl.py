@@ -894,12 +894,13 @@ def worker_objectives(job: dict) -> dict:
     import ablate.worker.recipe as R
     from ablate.cluster.runner import runtime_for
     from ablate.matrix.plan import make_plan
+    from ablate.worker.logps import device_for, reference_logps
 
     plan = make_plan(job["matrix"], results=job["results"])
     rt = runtime_for(plan.spec)
     cells = {c.config.objective: c.config for c in plan.cells}
-    ref = R.reference_logps(cells["dpo"], plan.spec.model, plan.train_rows, plan.heldout_rows, rt)
-    dev = R.device_for(rt)
+    ref = reference_logps(cells["dpo"], plan.spec.model, plan.train_rows, plan.heldout_rows, rt)
+    dev = device_for(rt)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)  # noqa: E731
 
     class NoHooks:

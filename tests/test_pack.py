@@ -94,6 +94,23 @@ def test_a_pack_of_four_gives_each_cell_its_lone_numbers(tmp_path):
         assert np.isclose(got["heldout_margin"], lone["heldout_margin"], rtol=RTOL, atol=ATOL), c.label
 
 
+def test_packed_cells_generate_as_lone_cells_do_at_evals_and_merged_at_the_end(tmp_path):
+    m = matrix(eval={"generate": {"prompts": 4, "max_new_tokens": 6, "temperature": 1.0, "every": "eval"}})
+    m["matrix"].update(seed=[0], epochs=[1, 2])  # one-epoch cells finish (and merge) while the others train on
+    m["decision"]["baseline"]["epochs"] = 1
+    plan, alone = plan_for(tmp_path, m, "packed"), plan_for(tmp_path, m, "alone")
+    three = [c for c in plan.cells if c.config.rank == 4 or c.config.objective == "simpo"][:3]
+    assert sorted(c.config.params["epochs"] for c in three) in ([1, 1, 2], [1, 2, 2])
+    assert [o["pack_size"] for o in run_packed(plan, three, plan.results)] == [3] * 3
+    for c in three:
+        assert train_directly(alone, c)["status"] == "done"
+        a, b = plan.results.local_path() / "cells" / c.id, alone.results.local_path() / "cells" / c.id
+        assert_close(a, b, c.label)
+        gen_a, gen_b = pd.read_parquet(a / "generations.parquet"), pd.read_parquet(b / "generations.parquet")
+        assert gen_a["final"].any() and (~gen_a["final"]).any()  # at evals, with the adapter, and merged at the end
+        pd.testing.assert_frame_equal(gen_a, gen_b)
+
+
 def test_a_stopped_pack_resumes_from_its_checkpoints(tmp_path, monkeypatch):
     """A pack stopped mid-run (as STOP stops it: after the step that sees it) leaves each cell's checkpoint; the
     next pack resumes them all and ends at the uninterrupted numbers."""
@@ -162,8 +179,6 @@ def test_packs_split_compatible_cells_over_the_slots_and_never_mix_incompatible_
     assert [len(g) for g in trainers.packs(cells, rt, 8, True)] == [1] * 8
     assert [len(g) for g in trainers.packs(cells, rt, 2, False)] == [1] * 8
     assert [c.id for g in trainers.packs(cells, rt, 3, True) for c in g] == [c.id for c in cells]
-    gen = plan_for(tmp_path, matrix(eval={"generate": {"prompts": 2, "max_new_tokens": 2}}), "gen")
-    assert all(c.config.pack_key(rt) is None for c in gen.cells)  # a generating cell merges its adapter: alone
     m = matrix()
     m["train"]["lora"] = {"dropout": 0.1}
     assert all(c.config.pack_key(rt) is None for c in plan_for(tmp_path, m, "dropout").cells)

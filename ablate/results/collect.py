@@ -22,7 +22,7 @@ METRIC_COLUMNS = [
     "truncated_train_pairs", "truncated_heldout_pairs", "steps", "stopped_early", "train_seconds", "tokens_per_second",
     "peak_memory_mb", "trainable_params", "device",
     # how the cell got done: the micro-batch it ended with after OOM halvings, and where it resumed
-    "micro_batch", "grad_accum", "oom_retries", "resumed_from_step", "node_id",
+    "micro_batch", "grad_accum", "oom_retries", "resumed_from_step", "node_id", "pack_size",
     "generation_seconds", "generated_tokens_per_second", "generation_backend",  # with eval.generate
 ]
 GENERATIONS, JUDGEMENTS = "generations.parquet", "judgements.parquet"

@@ -215,7 +215,8 @@ class CellGeneration:
     def after_step(self, recipe, state) -> None:
         """At a held-out evaluation (every: eval), generate with the adapter as it is now."""
         if self.settings.every == "eval" and state.eval_log and state.eval_log[-1]["step"] == state.step:
-            state.generations += self.run(recipe.model, recipe.device, state.step, final=False)
+            with recipe.route():  # in a pack, this cell's adapter for every row
+                state.generations += self.run(recipe.model, recipe.device, state.step, final=False)
 
     def finish(self, recipe, state, staging) -> dict:
         """The final generation (after the adapter is saved); writes generations.parquet, returns summary fields."""

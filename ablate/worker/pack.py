@@ -45,6 +45,7 @@ from .cell import (
 )
 from .checkpoint import Checkpointer
 from .forward import collate
+from .generate import CellGeneration
 from .recipe import Recipe, TrainState
 
 UNPACKED = "unpacked"  # a cell its pack could not train: the runner queues it again, alone
@@ -113,6 +114,7 @@ class _Member:
     state: TrainState = field(default_factory=TrainState)
     resumed_from: int | None = None
     hooks: _Hooks | None = None
+    gen: CellGeneration | None = None
     t0: float = 0.0
     out: dict | None = None  # its cell.json, once published
 
@@ -186,7 +188,8 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
         restored = m.ckpt.restore(m.recipe)
         m.resumed_from = restored.step if restored else None
         m.state = restored or TrainState()
-        m.hooks = _Hooks(m.ckpt, m.beat, restored is not None)
+        m.gen = CellGeneration.maybe(m.cell, model_spec, heldout_rows)
+        m.hooks = _Hooks(m.ckpt, m.beat, restored is not None, m.gen)
         m.t0 = time.perf_counter() - m.state.seconds
     if len({m.state.step for m in members}) > 1:
         return "its cells resume from checkpoints of different steps"
@@ -253,12 +256,42 @@ def _routes(recipes: list[Recipe], parts: list[list[int]], pairs) -> list[Route]
     return out
 
 
+@contextlib.contextmanager
+def merged_alone(model, adapter: str) -> Iterator[None]:
+    """While inside, the base weights hold `adapter` merged in (PEFT's merge, as a lone cell's merge_and_unload
+    does it) and every LoRA layer runs its base alone: the model generates as that cell's merged model. After,
+    the weights are copied back bit for bit and the pack trains on."""
+    from peft.tuners.lora import LoraLayer
+
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    saved = [(w, w.detach().clone()) for w in (layer.get_base_layer().weight for layer in layers)]
+    try:
+        for layer in layers:
+            layer.merge(adapter_names=[adapter])
+        yield
+    finally:
+        with torch.no_grad():
+            for w, copy in saved:
+                w.copy_(copy)
+        for layer in layers:
+            layer.merged_adapters = []
+
+
 def _publish(m: _Member, store: Store) -> None:
     recipe = _recipe(m)
     result = recipe.finish(m.state, m.resumed_from)
     staging = storage.new_cell_staging(store, m.cell.id)
     try:
         stage(result, recipe, staging)
+        if m.gen is not None:  # last, as a lone cell's: the final generation merges its adapter
+            with contextlib.ExitStack() as merges:
+
+                def merge():
+                    merges.enter_context(merged_alone(recipe.model, recipe.adapter))
+                    return recipe.model
+
+                recipe.merge_in_place = merge
+                result.summary.update(m.gen.finish(recipe, m.state, staging))
         m.out = publish_done(store, m.cell_json, staging, result.summary, 0)
     except BaseException:
         _discard(staging)

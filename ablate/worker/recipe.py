@@ -136,6 +136,7 @@ class Recipe:
         self.model: Any = None
         self.route: Any = contextlib.nullcontext  # a pack routes each forward pass's rows to their adapters
         self.pack_size = 1
+        self.merge_in_place: Any = None
         self.objective = objectives.get(cell.objective)
         self.loss = loss_for(cell.objective)
         t = cell.train
@@ -367,6 +368,8 @@ class Recipe:
     def merged(self):
         """The adapter folded into the weights, for the final generation only (the adapter is saved by then). A kept
         base gets its own weights back when the cell gives it back (bases.Loan saves them first)."""
+        if self.merge_in_place is not None:  # a pack's cell: the others' adapters stay (worker/pack.py)
+            return self.merge_in_place()
         if self.loan is not None:
             self.loan.before_merge(self.model)
         self.model = self.model.merge_and_unload()
