@@ -166,7 +166,8 @@ def test_results_disk_full_or_read_only_mid_run_stops_cleanly_and_keeps_finished
     m["matrix"] = {"objective": ["simpo"], "lora_rank": [4, 8, 16], "seed": [0]}
     m["decision"]["baseline"] = {"objective": "simpo", "lora_rank": 4}
     m["train"].update(batch_size=8, max_steps=16, checkpoint_every_steps=2, eval_steps=8)
-    m["resources"] = {"cpus_per_cell": 2}  # one cell at a time: the trouble lands while the next one trains
+    # One cell at a time (unpacked: a pack publishes its cells together): the trouble lands while the next trains.
+    m["resources"] = {"cpus_per_cell": 2, "pack": "off"}
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(m))
     plan = make_plan(p, results=small_disk)
