@@ -50,9 +50,8 @@ from .recipe import Recipe, TrainState
 
 UNPACKED = "unpacked"  # a cell its pack could not train: the runner queues it again, alone
 
-Route = tuple[
-    str, slice | torch.Tensor, int
-]  # an adapter, the rows of the pass it serves, and the length of those rows
+# An adapter, the rows of the pass it serves, and the length of those rows in a lone cell's batch.
+Route = tuple[str, slice, int]
 
 
 @contextlib.contextmanager
