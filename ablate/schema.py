@@ -331,8 +331,8 @@ class ResourceSpec(Strict):
     # actors, one per slot, that keep the base model loaded; `off` runs each cell as a Ray task of its own.
     actors: Literal["auto", "off"] = "auto"
     # `auto`: cells that differ only in objective, its knobs, rank, seed, lr or epochs train several to one forward
-    # pass on an actor (one base, an adapter each), as many packs as slots; `off`: one cell per pass. Numbers
-    # equal a lone cell's to float rounding. Needs actors; never part of a cell id.
+    # pass on an actor (one base, an adapter each), as many packs as slots; `off`: one cell per pass. On CPU the
+    # numbers are a lone cell's bit for bit (worker/pack.py). Needs actors; never part of a cell id.
     pack: Literal["auto", "off"] = "auto"
 
     @field_validator("actors", "pack", mode="before")

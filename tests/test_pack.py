@@ -150,6 +150,35 @@ def test_a_pack_that_fails_hands_its_cells_back_to_train_alone(tmp_path, monkeyp
     assert not list(plan.results.local_path().glob("running/*"))  # and no heartbeat left behind
 
 
+def test_a_lora_outside_the_attention_and_mlp_linears_trains_alone(tmp_path):
+    m = matrix()
+    m["train"]["lora"] = {"targets": ["q_proj", "v_proj", "lm_head"]}  # the LM head sees gathered [tokens, hidden]
+    plan = plan_for(tmp_path, m, "head")
+    two = [c for c in plan.cells if c.config.seed == 0 and c.config.rank == 4]
+    out = run_packed(plan, two, plan.results)
+    assert [o["status"] for o in out] == ["unpacked"] * 2 and "RuntimeError" in out[0]["why"], out
+
+
+def test_a_failed_reference_sends_the_pack_back_so_cells_without_one_still_train(tmp_path, local_ray):
+    import ray
+
+    from ablate.cluster.trainers import Trainer
+
+    plan = plan_for(tmp_path, matrix(), "noref")
+    dpo, simpo = (next(c for c in plan.cells if c.config.objective == k) for k in ("dpo", "simpo"))
+
+    @ray.remote
+    def broken_reference():
+        raise OSError("the reference pass failed")
+
+    rows = {"train": ray.put(plan.train_rows), "heldout": ray.put(plan.heldout_rows)}
+    rt = runtime_for(plan.spec).with_(keep_base=True)
+    out = Trainer().train_pack(
+        [dpo.config, simpo.config], plan.spec.model, rows, str(plan.results), rt, [[broken_reference.remote()], None]
+    )
+    assert [o["status"] for o in out] == ["unpacked"] * 2 and "the reference pass failed" in out[0]["why"], out
+
+
 def test_on_ray_a_failing_cell_fails_alone_and_its_pack_mates_finish_with_their_lone_numbers(tmp_path, local_ray):
     m = matrix(resources={"cpus_per_cell": 2, "fail_fast": "off"})  # one slot: one pack of all four
     m["matrix"] = {"objective": ["dpo", "simpo"], "lora_rank": [4], "seed": [0, 1]}

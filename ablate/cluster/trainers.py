@@ -3,14 +3,16 @@
 A trainer actor holds one resource slot (a GPU or a share of one, `cpus_per_cell` cores) for the whole run. It
 imports torch, transformers and PEFT once, keeps the base model, the encoded pairs and the reference log-probs
 (ablate/worker/bases.py), and trains the cells it is given one after another, each with a fresh LoRA, optimizer
-and seeded RNGs, so a cell's numbers are those of a fresh process. There are as many actors as slots in the
-cluster, never more than cells; the runner hands the next cell to whichever actor is free.
+and seeded RNGs, so a cell's numbers are those of a fresh process. With `resources.pack: auto` compatible cells
+go as packs that share each forward pass (`packs`, ablate/worker/pack.py). There are as many actors as slots in
+the cluster, never more than packs or lone cells; the runner hands the next one to whichever actor is free.
 
-Failures keep their meaning (README, "When things fail"). A lost actor (killed worker, lost node) is restarted
-by Ray, on another node if its own is gone, and the cell it was training is retried there up to
-`resources.max_retries` times (Ray's max_task_retries), resuming from its checkpoint. An OOM or an exception is
-handled inside the cell (worker/cell.py) and the actor goes on with the next cell. Stopping uses the STOP
-marker as tasks do; the actors are killed once their cells have returned, or when the grace period ends.
+Failures keep their meaning (README, "When things fail"). A lost actor (killed worker, lost node) is replaced by
+a new one, wherever Ray finds a slot, and each cell it was training goes back to the queue alone, up to
+`resources.max_retries` times, resuming from its checkpoint. An OOM or an exception is handled inside the cell
+(worker/cell.py), or hands a pack's cells back to train alone, and the actor goes on with the next job.
+Stopping uses the STOP marker as tasks do; the actors are killed once their cells have returned, or when the
+grace period ends.
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ class Trainer:
         """Several cells in one forward pass (worker/pack.py); one return per cell, so the runner sees each."""
         quiet_torch(runtime.threads)
         from ..worker import bases
-        from ..worker.pack import run_pack
+        from ..worker.pack import UNPACKED, run_pack
 
-        train_rows, heldout_rows = bases.rows(rows)
-        shared = [bases.reference(c.reference_key(runtime), r) for c, r in zip(cells, refs)]
+        try:
+            train_rows, heldout_rows = bases.rows(rows)
+            shared = [bases.reference(c.reference_key(runtime), r) for c, r in zip(cells, refs)]
+        except Exception as e:  # noqa: BLE001 - e.g. a failed reference job: each cell alone, failing only if it needs it
+            return tuple({"id": c.id, "status": UNPACKED, "why": f"{type(e).__name__}: {e}"} for c in cells)
         with test_hooks(hooks):
             try:
                 return tuple(run_pack(cells, model_spec, train_rows, heldout_rows, results, runtime, shared))
@@ -207,7 +212,7 @@ class Tasks:
 
 
 class Actors:
-    """resources.actors: auto. `n` trainer actors; a cell goes to a free one."""
+    """resources.actors: auto. `n` trainer actors; a cell or a pack goes to a free one."""
 
     actors = True
     plan = None

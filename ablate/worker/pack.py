@@ -14,8 +14,8 @@ A pack that cannot train together hands its unfinished cells back (status "unpac
 again alone, with its own OOM retries, failure record and fail-fast count, resuming from any checkpoint saved
 here: when the base model has dropout (every cell's masks would come from one random stream), when its cells
 resume from checkpoints of different steps, and when anything fails while they train together (an out-of-memory
-error, one cell's error). So packing never turns one cell's failure into another's. Stopping (STOP, an orphaned
-run) stops them all, each after checkpointing the same step.
+error, one cell's error). So packing never turns one cell's failure into another's. STOP stops them all, each
+after its step (and its checkpoint, when one is due); once one cell finds the run orphaned, none writes again.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def routing(model, routes: list[Route] | str) -> Iterator[None]:
 
     def add_adapters(module, args, kwargs, out):
         x = args[0] if args else kwargs["x"]
+        if x.dim() != 3 or not hasattr(module, "lora_A"):  # e.g. a LoRA on lm_head or the embeddings: alone
+            raise RuntimeError(f"packing routes [rows, length, features] inputs of LoRA linears, not {type(module)}")
         for name, rows, length in [(routes, slice(None), x.shape[1])] if isinstance(routes, str) else routes:
             sub = x[rows, :length]
             update = module.lora_B[name](module.lora_A[name](module.lora_dropout[name](sub))) * module.scaling[name]
@@ -178,6 +180,9 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
         m.recipe.pack_size = len(members)
     assert first is not None
     model = first.model
+    for m in members:  # adding an adapter makes PEFT re-freeze all but its active one: every cell's trains
+        for param in _recipe(m).params:
+            param.requires_grad_(True)
     where = dropout_in(model)
     if where:
         return f"the base model has dropout ({where})"
@@ -198,6 +203,9 @@ def _train_together(members: list[_Member], model_spec, train_rows, heldout_rows
         stats = _step(active, first)
         stop = None
         for m, st in zip(active, stats):  # every cell ends its step (and checkpoints it) before a stop
+            if any(other.beat.orphaned for other in active):  # another driver owns the results: none writes again
+                for other in active:
+                    other.beat.orphaned = True
             try:
                 _recipe(m).end_step(m.state, st, m.hooks, m.t0)  # type: ignore[arg-type]
             except StopRequested as e:
